@@ -1,0 +1,86 @@
+"""The DO-Conv kernel maths as pure tensor functions.
+
+DO-Conv (Cao et al., "DO-Conv: Depthwise Over-parameterized Convolutional
+Layer", arXiv 2006.12030) trains two kernels per layer: a depthwise kernel
+``D`` with one ``(M*N) x D_mul`` matrix per input channel, and a conventional
+kernel ``W`` of shape ``(C_out, C_in/groups, D_mul)``.  Their composition is a
+plain convolution kernel (paper Eq. 3, "kernel composition")::
+
+    W'[o, c, s] = sum_d D[c, s, d] * W[o, c, d]      (W' = D^T o W)
+
+where ``c`` runs over the input channels of output ``o``'s group and ``s`` over
+the ``M*N`` kernel positions.  The layer stores ``D - I`` (paper §4: weight
+decay must not shrink the identity), so callers pass the identity separately.
+Nothing here touches modules; :mod:`mmdoconv.doconv` and :mod:`mmdoconv.fold`
+build on these functions.
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+
+def doconv_identity(kernel_numel: int,
+                    d_mul: int,
+                    dtype: torch.dtype = torch.float32,
+                    device: torch.device = None) -> Tensor:
+    """The identity part of ``D`` for one input channel, ``(M*N, D_mul)``.
+
+    For ``D_mul == M*N`` this is the identity matrix.  For ``D_mul > M*N`` the
+    paper (§4.5) initialises ``D`` "by filling (M*N)x(M*N) identity matrices as
+    much as possible, while the remaining elements are initialized to zeros":
+    the identity is tiled ``D_mul // (M*N)`` times along ``D_mul`` and the
+    remainder is zero.  Tiling also keeps the composed kernel's initial
+    variance equal to a plain conv's, because ``W`` is initialised with fan-in
+    ``C_in/groups * D_mul`` and ``W'`` sums ``D_mul // (M*N)`` of its blocks.
+
+    Args:
+        kernel_numel: ``M*N``, the number of kernel positions.
+        d_mul: The depth multiplier, ``>= M*N``.
+        dtype: dtype of the result.
+        device: device of the result.
+
+    Returns:
+        Tensor of shape ``(M*N, D_mul)``.
+    """
+    if d_mul < kernel_numel:
+        raise ValueError(f'D_mul must be >= M*N = {kernel_numel}, '
+                         f'but got {d_mul}')
+    repeats, remainder = divmod(d_mul, kernel_numel)
+    eye = torch.eye(kernel_numel, dtype=dtype, device=device)
+    blocks = [eye] * repeats
+    if remainder:
+        blocks.append(
+            torch.zeros(kernel_numel, remainder, dtype=dtype, device=device))
+    return torch.cat(blocks, dim=1)
+
+
+def compose_kernel(weight: Tensor, d_minus_identity: Tensor,
+                   identity: Tensor, kernel_size: Tuple[int, int],
+                   groups: int) -> Tensor:
+    """Compose ``W' = (D'+I)^T o W`` into a plain conv kernel.
+
+    Args:
+        weight: ``W``, shape ``(C_out, C_in/groups, M, N)`` when
+            ``D_mul == M*N`` or ``(C_out, C_in/groups, D_mul)``.
+        d_minus_identity: ``D' = D - I``, shape ``(C_in, M*N, D_mul)``.
+        identity: The identity part, shape ``(M*N, D_mul)``
+            (see :func:`doconv_identity`).
+        kernel_size: ``(M, N)``.
+        groups: Number of conv groups; input channel ``g*C_in/groups + c``
+            belongs to group ``g`` and owns row ``g*C_in/groups + c`` of ``D``.
+
+    Returns:
+        The composed kernel ``W'``, shape ``(C_out, C_in/groups, M, N)``.
+    """
+    out_channels, in_per_group = weight.shape[:2]
+    kernel_h, kernel_w = kernel_size
+    d_full = d_minus_identity + identity  # broadcast over input channels
+    d_mul = d_full.shape[-1]
+    # Split both kernels by group so each output channel meets exactly the D
+    # matrices of the input channels it reads.
+    d_grouped = d_full.reshape(groups, in_per_group, kernel_h * kernel_w, d_mul)
+    w_grouped = weight.reshape(groups, out_channels // groups, in_per_group,
+                               d_mul)
+    composed = torch.einsum('gcsd,gocd->gocs', d_grouped, w_grouped)
+    return composed.reshape(out_channels, in_per_group, kernel_h, kernel_w)

@@ -1,0 +1,289 @@
+"""DOConv2d: a drop-in ``nn.Conv2d`` with a depthwise over-parameterization.
+
+Paper: Cao et al., "DO-Conv: Depthwise Over-parameterized Convolutional
+Layer", arXiv 2006.12030.  The maths lives in :mod:`mmdoconv.compose`.
+"""
+import numbers
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from .compose import compose_kernel, doconv_identity
+
+_size_2_t = Union[int, Tuple[int, int]]
+
+
+def _check_positive_pair(name: str, value: _size_2_t) -> Tuple[int, int]:
+    pair = _pair(value)
+    if len(pair) != 2 or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool)
+            and v > 0 for v in pair):
+        raise ValueError(f'{name} must be a positive int or a pair of '
+                         f'positive ints, but got {value!r}')
+    return tuple(int(v) for v in pair)
+
+
+def resolve_d_mul(d_mul: Optional[int], kernel_size: _size_2_t) -> int:
+    """Check ``D_mul`` against a kernel size and fill in the default ``M*N``.
+
+    Args:
+        d_mul: The requested depth multiplier, or None for ``M*N``.
+        kernel_size: ``M`` or ``(M, N)``.
+
+    Returns:
+        The depth multiplier to use.
+
+    Raises:
+        TypeError: If ``d_mul`` is not an int.
+        ValueError: If ``d_mul < M*N`` (``W'`` could then not express every
+            plain kernel, paper §3).
+    """
+    kernel_h, kernel_w = _check_positive_pair('kernel_size', kernel_size)
+    kernel_numel = kernel_h * kernel_w
+    if d_mul is None:
+        return kernel_numel
+    if not isinstance(d_mul, numbers.Integral) or isinstance(d_mul, bool):
+        raise TypeError(f'D_mul must be an int, but got {d_mul!r} '
+                        f'of type {type(d_mul).__name__}')
+    if d_mul < kernel_numel:
+        raise ValueError(
+            f'D_mul must be >= M*N = {kernel_numel} for a {kernel_h}x'
+            f'{kernel_w} kernel, but got {d_mul}')
+    return int(d_mul)
+
+
+class DOConv2d(nn.Conv2d):
+    """Depthwise over-parameterized 2D convolution (DO-Conv, DO-DConv, DO-GConv).
+
+    Trains ``D`` and ``W`` and convolves with the composed kernel
+    ``W' = D^T o W`` (kernel composition, paper §3).  ``groups == 1`` gives
+    DO-Conv, ``groups == in_channels`` DO-DConv, anything else DO-GConv; in
+    every case each input channel owns its own ``D`` matrix.
+
+    State:
+
+    - ``weight`` is ``W``.  With ``D_mul == M*N`` it has a plain conv's shape
+      and name, so plain pretrained checkpoints load unchanged; with
+      ``D_mul > M*N`` it is ``(C_out, C_in/groups, D_mul)``.
+    - ``D`` holds ``D - I``, shape ``(C_in, M*N, D_mul)``, zero at
+      initialisation, so a fresh layer computes exactly what the plain conv
+      with the same weight computes.  The identity is never stored in the
+      state dict nor given to the optimizer.
+    - ``kernel_hw`` (only when ``D_mul > M*N``) records ``(M, N)``, which the
+      3-D ``weight`` cannot tell apart, for :func:`~mmdoconv.fold_state_dict`.
+    - A 1x1 kernel has no spatial patch to over-parameterize (paper §4), and
+      a layer after :meth:`switch_to_deploy` has been folded: in both ``D`` is
+      None and the layer is a plain convolution.
+
+    In eval mode without grad the composed kernel is cached and recomputed
+    only when ``weight`` or ``D`` change (tracked by their version counters)
+    or the mode changes.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation,
+        groups, bias, padding_mode, device, dtype: As for ``nn.Conv2d``.
+        D_mul: Depth multiplier, ``>= M*N``; defaults to ``M*N``.
+
+    Note:
+        Fold DO-Conv layers (:func:`~mmdoconv.fold_doconv`) before fusing
+        conv and BN (``mmcv.cnn.fuse_conv_bn``): the fuser reads
+        ``conv.weight``, which is ``W``, not the composed ``W'``.
+
+    Example:
+        >>> layer = DOConv2d(16, 32, 3, padding=1)
+        >>> out = layer(torch.randn(2, 16, 8, 8))
+        >>> plain = layer.fold()  # an nn.Conv2d with the same output
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: _size_2_t,
+                 stride: _size_2_t = 1,
+                 padding: Union[str, _size_2_t] = 0,
+                 dilation: _size_2_t = 1,
+                 groups: int = 1,
+                 bias: bool = True,
+                 padding_mode: str = 'zeros',
+                 device=None,
+                 dtype=None,
+                 D_mul: Optional[int] = None) -> None:
+        # Checks nn.Conv2d leaves to the first forward (or never makes).
+        for name, value in (('in_channels', in_channels), ('out_channels',
+                                                           out_channels)):
+            if not isinstance(value, numbers.Integral) or value <= 0:
+                raise ValueError(
+                    f'{name} must be a positive int, but got {value!r}')
+        _check_positive_pair('stride', stride)
+        _check_positive_pair('dilation', dilation)
+        d_mul = resolve_d_mul(D_mul, kernel_size)
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         padding, dilation, groups, bias, padding_mode,
+                         device, dtype)
+        factory_kwargs = {'device': device, 'dtype': dtype}
+        kernel_h, kernel_w = self.kernel_size
+        kernel_numel = kernel_h * kernel_w
+        self.D_mul = d_mul
+        self._cached_kernel: Optional[Tensor] = None
+        self._cache_key: Optional[tuple] = None
+        if kernel_numel == 1:
+            self.register_parameter('D', None)
+            self.register_buffer('_identity', None, persistent=False)
+            return
+        if d_mul > kernel_numel:
+            self.weight = nn.Parameter(
+                torch.empty(out_channels, in_channels // groups, d_mul,
+                            **factory_kwargs))
+            self.register_buffer(
+                'kernel_hw',
+                torch.tensor([kernel_h, kernel_w], device=device))
+        self.D = nn.Parameter(
+            torch.empty(in_channels, kernel_numel, d_mul, **factory_kwargs))
+        self.register_buffer(
+            '_identity',
+            doconv_identity(kernel_numel, d_mul, **factory_kwargs),
+            persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise W and bias as nn.Conv2d does, and D - I to zero."""
+        super().reset_parameters()
+        # nn.Conv2d.__init__ calls this before D exists.
+        if getattr(self, 'D', None) is not None:
+            nn.init.zeros_(self.D)
+
+    @property
+    def is_folded(self) -> bool:
+        """True when there is no D, i.e. the layer is a plain convolution."""
+        return self.D is None
+
+    def composed_weight(self) -> Tensor:
+        """The plain conv kernel ``W'`` this layer currently convolves with."""
+        if self.D is None:
+            return self.weight
+        if self.training or torch.is_grad_enabled():
+            self._cached_kernel = self._cache_key = None
+            return self._compose()
+        key = (self.weight._version, self.D._version, self.weight.data_ptr(),
+               self.D.data_ptr(), self.weight.dtype, self.weight.device)
+        if key != self._cache_key:
+            self._cached_kernel = self._compose()
+            self._cache_key = key
+        return self._cached_kernel
+
+    def _compose(self) -> Tensor:
+        """Compose W' in the parameters' dtype, never in autocast's."""
+        device_type = self.weight.device.type
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type=device_type, enabled=False):
+                return self._compose_unchecked()
+        return self._compose_unchecked()
+
+    def _compose_unchecked(self) -> Tensor:
+        return compose_kernel(self.weight, self.D, self._identity,
+                              self.kernel_size, self.groups)
+
+    def forward(self, input: Tensor) -> Tensor:
+        # _conv_forward handles padding_mode, unlike a bare F.conv2d.
+        return self._conv_forward(input, self.composed_weight(), self.bias)
+
+    def train(self, mode: bool = True) -> 'DOConv2d':
+        self._cached_kernel = self._cache_key = None
+        return super().train(mode)
+
+    @torch.no_grad()
+    def fold(self) -> nn.Conv2d:
+        """Return an ``nn.Conv2d`` computing what this layer computes.
+
+        The new layer has the same hyper-parameters, device and dtype, the
+        composed kernel ``W'`` as weight, a copy of the bias, and the
+        ``requires_grad`` flags of ``W`` and the bias.
+        """
+        plain = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+            device=self.weight.device,
+            dtype=self.weight.dtype)
+        plain.weight.copy_(self._compose_unchecked() if self.D is not None
+                           else self.weight)
+        plain.weight.requires_grad_(self.weight.requires_grad)
+        if self.bias is not None:
+            plain.bias.copy_(self.bias)
+            plain.bias.requires_grad_(self.bias.requires_grad)
+        plain.train(self.training)
+        return plain
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Fold ``D`` into ``weight`` in place; a no-op when already folded.
+
+        Afterwards the layer is a plain convolution (``D`` is None) whose
+        state dict has a plain conv's keys and shapes.  This is the name that
+        mmpretrain's and timm's re-parameterization tools look for.
+        """
+        if self.D is None:
+            return
+        kernel = self._compose_unchecked()
+        self.weight = nn.Parameter(
+            kernel, requires_grad=self.weight.requires_grad)
+        self.D = None
+        self._identity = None
+        if 'kernel_hw' in self._buffers:
+            del self._buffers['kernel_hw']
+        self.D_mul = self.kernel_size[0] * self.kernel_size[1]
+        self._cached_kernel = self._cache_key = None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """Load plain conv checkpoints too: a missing D means D = I.
+
+        A plain 4-D ``weight`` loads into a ``D_mul > M*N`` layer as ``W``
+        padded with zeros, which composes back to the same kernel.
+        """
+        weight_key = prefix + 'weight'
+        plain_weight = state_dict.get(weight_key)
+        if (self.D is not None and self.weight.dim() == 3
+                and isinstance(plain_weight, Tensor)
+                and plain_weight.dim() == 4
+                and plain_weight.shape[2:] == self.kernel_size):
+            padded = plain_weight.new_zeros(
+                *plain_weight.shape[:2], self.D_mul)
+            padded[..., :plain_weight[0, 0].numel()] = plain_weight.flatten(2)
+            state_dict = dict(state_dict)
+            state_dict[weight_key] = padded
+        local_missing: list = []
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, local_missing, unexpected_keys,
+                                      error_msgs)
+        if prefix + 'D' in local_missing:
+            with torch.no_grad():  # in place, so the version counter moves
+                self.D.zero_()
+            local_missing.remove(prefix + 'D')
+        # kernel_hw only restates the constructor's kernel_size.
+        if prefix + 'kernel_hw' in local_missing:
+            local_missing.remove(prefix + 'kernel_hw')
+        elif 'kernel_hw' in self._buffers and prefix + 'kernel_hw' in state_dict:
+            loaded = tuple(state_dict[prefix + 'kernel_hw'].tolist())
+            if loaded != self.kernel_size:
+                error_msgs.append(
+                    f'{prefix}kernel_hw: checkpoint kernel {loaded} does not '
+                    f'match this layer\'s kernel_size {self.kernel_size}')
+        missing_keys.extend(local_missing)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.D is not None:
+            return text + f', D_mul={self.D_mul}'
+        if self.kernel_size != (1, 1):
+            return text + ', folded'
+        return text

@@ -1,0 +1,48 @@
+"""Registers DO-Conv as an mmcv conv type in mmengine's root MODELS registry.
+
+Child registries (mmdet, mmseg, mmpretrain) look names up in their parent, so
+``conv_cfg=dict(type='DOConv')`` works in every OpenMMLab scope once
+``mmdoconv`` is imported (e.g. through ``custom_imports``).
+"""
+from typing import Optional, Union
+
+from mmengine.registry import MODELS
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from .doconv import DOConv2d, resolve_d_mul
+
+
+def build_doconv(in_channels: int,
+                 out_channels: int,
+                 kernel_size: Union[int, tuple],
+                 *args,
+                 D_mul: Optional[int] = None,
+                 **kwargs) -> nn.Conv2d:
+    """Build the layer behind ``conv_cfg=dict(type='DOConv', ...)``.
+
+    The paper replaces only non-pointwise convolutions (§4): a 1x1 kernel has
+    no spatial patch for the depthwise kernel, so for it this returns a plain
+    ``nn.Conv2d``.  OpenMMLab backbones pass one ``conv_cfg`` to every conv,
+    1x1 included, so this is where that rule has to live.
+
+    Args:
+        in_channels, out_channels, kernel_size, *args, **kwargs: As for
+            ``nn.Conv2d``.
+        D_mul: Depth multiplier, ``>= M*N`` (default ``M*N``); checked but
+            unused for 1x1 kernels.
+
+    Returns:
+        A :class:`DOConv2d`, or an ``nn.Conv2d`` for a 1x1 kernel.
+    """
+    resolve_d_mul(D_mul, kernel_size)
+    if _pair(kernel_size) == (1, 1):
+        return nn.Conv2d(in_channels, out_channels, kernel_size, *args,
+                         **kwargs)
+    return DOConv2d(
+        in_channels, out_channels, kernel_size, *args, D_mul=D_mul, **kwargs)
+
+
+MODELS.register_module(name='DOConv', module=build_doconv)
+# The class itself, for configs that want a DOConv2d even for 1x1 kernels.
+MODELS.register_module(name='DOConv2d', module=DOConv2d)

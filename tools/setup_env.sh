@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Create or refresh .venv with the pinned OpenMMLab stack that works together today.
+#
+# Why each step is the way it is:
+# - torch/torchvision come from PyPI's standard (CUDA) builds.  This machine's pip
+#   prefers a local CPU-only torch wheel (PIP_FIND_LINKS), and PyPI's torchvision
+#   does not run on it ("operator torchvision::nms does not exist"); the CUDA build
+#   runs fine without a GPU.  So that one step ignores the local find-links.
+# - mmcv 2.1.0 ships only as source: it is built once with its compiled ops
+#   (~9 min on 2 cores) and the wheel is cached under a key that includes the
+#   torch version it was built against; pip's own cache is keyed by source only.
+# - Every step is skipped when what it installs is already there, so a second
+#   run takes seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip)
+
+TORCH_VERSION=2.13.0
+TORCHVISION_VERSION=0.28.0
+MMCV_VERSION=2.1.0
+WHEEL_CACHE="${MMDOCONV_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmdoconv/wheels}"
+
+step() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+if [ ! -x "$PY" ]; then
+  step "creating $VENV"
+  python3.11 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
+fi
+"$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
+  || { echo "error: .venv must be Python 3.11, got $("$PY" -V)"; exit 1; }
+
+if ! "$PY" -c 'import setuptools, wheel, sys; v = int(setuptools.__version__.split(".")[0]); sys.exit(v >= 81)' 2>/dev/null; then
+  step "build tools (setuptools<81: mmcv's setup.py imports pkg_resources)"
+  "${PIP[@]}" install -q -U pip 'setuptools<81' wheel ninja
+fi
+
+torch_ok() {
+  "$PY" - <<PYEOF 2>/dev/null
+import torch, torchvision
+assert torch.__version__.split('+')[0] == '$TORCH_VERSION', torch.__version__
+assert '+cpu' not in torch.__version__, 'local CPU-only wheel: torchvision cannot run on it'
+assert torchvision.__version__.split('+')[0] == '$TORCHVISION_VERSION'
+boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.]])
+assert torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8]), 0.5).tolist() == [0]
+PYEOF
+}
+if ! torch_ok; then
+  step "torch==$TORCH_VERSION + torchvision==$TORCHVISION_VERSION from PyPI (CUDA build, ~3 GB, runs on CPU)"
+  # Ignore the machine's find-links (CPU-only torch) and config for this step only.
+  env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "${PIP[@]}" install \
+    "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+  torch_ok || { echo "error: torchvision.ops.nms does not run after installing torch"; exit 1; }
+fi
+
+if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
+  TORCH_KEY="$("$PY" -c 'import torch; print(torch.__version__.replace("+", "_"))')"
+  CACHE_DIR="$WHEEL_CACHE/torch-$TORCH_KEY"
+  mkdir -p "$CACHE_DIR"
+  if ! ls "$CACHE_DIR"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
+    step "building mmcv==$MMCV_VERSION with ops against torch $TORCH_KEY (first time only, ~9 min on 2 cores)"
+    LOG="$CACHE_DIR/build.log"
+    # -v prints each compiled file; show a running count so the wait is visible.
+    ( MMCV_WITH_OPS=1 MAX_JOBS="$(nproc)" FORCE_CUDA=0 "${PIP[@]}" wheel -v --no-deps \
+        --no-build-isolation --no-binary mmcv "mmcv==$MMCV_VERSION" -w "$CACHE_DIR/tmp" >"$LOG" 2>&1 ) &
+    build_pid=$!
+    while kill -0 "$build_pid" 2>/dev/null; do
+      sleep 30
+      step "  mmcv build: $(grep -cE '\.(cpp|cu)\b.*-o|Building CXX|\[[0-9]+/[0-9]+\]' "$LOG" || true) compile steps logged ($LOG)"
+    done
+    wait "$build_pid" || { tail -30 "$LOG"; echo "error: mmcv build failed, full log in $LOG"; exit 1; }
+    mv "$CACHE_DIR"/tmp/mmcv-"$MMCV_VERSION"-*.whl "$CACHE_DIR"/
+    rm -rf "$CACHE_DIR/tmp"
+  fi
+  step "installing cached mmcv wheel from $CACHE_DIR"
+  "${PIP[@]}" install -q --no-deps "$CACHE_DIR"/mmcv-"$MMCV_VERSION"-*.whl
+fi
+
+step "OpenMMLab stack, test and tool dependencies"
+"${PIP[@]}" install -q -r "$ROOT/requirements.txt"
+"${PIP[@]}" install -q --no-deps -e "$ROOT"
+"$PY" -c "import mmcv.ops, mmdet, mmseg, mmpretrain, mmdoconv; print('environment ready:', 'torch', __import__('torch').__version__, 'mmcv', mmcv.__version__)"
