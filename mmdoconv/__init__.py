@@ -4,13 +4,26 @@ Importing this package registers the ``DOConv`` conv type in mmengine's root
 MODELS registry, so ``conv_cfg=dict(type='DOConv')`` works in mmdet, mmseg
 and mmpretrain configs.
 """
+from .checkpoint import (UnsafeCheckpointError, allow_mmengine_checkpoints,
+                         load_checkpoint_file, register_safe_loader,
+                         save_folded_checkpoint)
 from .compose import compose_kernel, doconv_identity
+from .convert import convert_reference_state_dict
 from .doconv import DOConv2d
 from .fold import count_doconv, fold_doconv, fold_state_dict
+from .fold_hook import DOConvFoldHook
 from .registry import build_doconv
 from .version import __version__
 
+# mmengine 0.10 checkpoints hold a few mmengine/numpy objects that torch >= 2.6
+# refuses by default; allow exactly those, and name what is refused.
+allow_mmengine_checkpoints()
+register_safe_loader()
+
 __all__ = [
     'DOConv2d', 'build_doconv', 'compose_kernel', 'doconv_identity',
-    'fold_doconv', 'fold_state_dict', 'count_doconv', '__version__'
+    'fold_doconv', 'fold_state_dict', 'count_doconv', 'DOConvFoldHook',
+    'convert_reference_state_dict', 'UnsafeCheckpointError', 'allow_mmengine_checkpoints',
+    'load_checkpoint_file', 'register_safe_loader', 'save_folded_checkpoint',
+    '__version__'
 ]

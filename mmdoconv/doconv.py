@@ -78,8 +78,12 @@ class DOConv2d(nn.Conv2d):
       None and the layer is a plain convolution.
 
     In eval mode without grad the composed kernel is cached and recomputed
-    only when ``weight`` or ``D`` change (tracked by their version counters)
-    or the mode changes.
+    only when ``weight`` or ``D`` change (tracked by their version counters
+    and storage) or when ``train()``/``eval()`` is called.  Writes through
+    ``param.data`` bypass version counters: mmengine's EMAHook swaps weights
+    that way, and stays correct because its ValLoop and TestLoop call
+    ``model.eval()`` after the swap; code of your own that writes ``.data``
+    in eval mode should call ``eval()`` again.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation,

@@ -249,6 +249,23 @@ def test_cache_follows_load_state_dict():
         assert torch.equal(layer(x), other(x))
 
 
+def test_cache_follows_ema_style_data_swaps():
+    """EMAHook swaps with p.data.copy_ (no version bump), then ValLoop
+    calls model.eval(): the kernel must follow the swapped-in weights."""
+    layer = DOConv2d(4, 4, 3, padding=1)
+    averaged = DOConv2d(4, 4, 3, padding=1)
+    with torch.no_grad():
+        averaged.D.normal_()
+    x = torch.randn(1, 4, 5, 5)
+    layer.eval()
+    with torch.no_grad():
+        layer(x)  # cache the live weights
+        for live, avg in zip(layer.parameters(), averaged.parameters()):
+            live.data.copy_(avg.data)
+        layer.eval()
+        torch.testing.assert_close(layer(x), averaged.eval()(x))
+
+
 def test_autocast_composes_in_float32():
     layer = DOConv2d(4, 4, 3, padding=1)
     with torch.no_grad():

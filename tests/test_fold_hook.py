@@ -1,0 +1,186 @@
+"""DOConvFoldHook through mmengine's Runner on a tiny model and dataset."""
+import copy
+import glob
+import logging
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.hooks import Hook
+from mmengine.logging import MMLogger
+from torch import nn
+
+from mmdoconv import DOConv2d, DOConvFoldHook, load_checkpoint_file
+from toy import ToyNet, toy_runner
+
+
+class ValRecorder(Hook):
+    """Records state around each val epoch, outside the fold hook's window."""
+    priority = 'VERY_HIGH'  # before_val_epoch: before anything else runs
+
+    def __init__(self):
+        self.before, self.after, self.types_during_val = [], [], []
+
+    @staticmethod
+    def _snapshot(runner):
+        model = runner.model
+        params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        optim = copy.deepcopy(runner.optim_wrapper.optimizer.state_dict())
+        layers = [m for m in model.modules() if isinstance(m, DOConv2d)]
+        return params, optim, layers
+
+    def before_val_epoch(self, runner):
+        self.before.append(self._snapshot(runner))
+
+    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.types_during_val.append(
+            {type(m) for m in runner.model.body if isinstance(m, nn.Conv2d)})
+
+    def after_val(self, runner):  # after every hook's after_val_epoch
+        self.after.append(self._snapshot(runner))
+
+
+def _assert_same_state(first, second):
+    params_a, optim_a, layers_a = first
+    params_b, optim_b, layers_b = second
+    assert params_a.keys() == params_b.keys()
+    for key in params_a:
+        assert torch.equal(params_a[key], params_b[key]), key
+    for index, state in optim_a['state'].items():
+        for name, value in state.items():
+            assert torch.equal(value, optim_b['state'][index][name])
+    assert all(a is b for a, b in zip(layers_a, layers_b))
+
+
+def test_validation_runs_folded_and_training_resumes_bit_for_bit(tmp_path):
+    recorder = ValRecorder()
+    runner = toy_runner(tmp_path, custom_hooks=[
+        dict(type='DOConvFoldHook'), recorder])
+    runner.train()
+    assert len(recorder.before) == 2  # val at iters 2 and 4
+    for before, after in zip(recorder.before, recorder.after):
+        _assert_same_state(before, after)
+    assert all(types == {nn.Conv2d} for types in recorder.types_during_val)
+    # D was trained, so the check above compared something non-trivial.
+    layer = runner.model.body[0]
+    assert isinstance(layer, DOConv2d) and layer.D.abs().sum() > 0
+
+
+def test_folded_validation_equals_unfolded(tmp_path):
+    with_fold = toy_runner(tmp_path / 'fold',
+                           custom_hooks=[dict(type='DOConvFoldHook')])
+    without = toy_runner(tmp_path / 'plain')
+    with_fold.train()
+    without.train()
+    assert with_fold.message_hub.get_scalar('val/toy/predictions') \
+        .data[0].tolist() == without.message_hub.get_scalar(
+            'val/toy/predictions').data[0].tolist()
+    # The hook left training exactly as it would have been.
+    for (key, a), b in zip(with_fold.model.state_dict().items(),
+                           without.model.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
+def test_test_logs_probe_line_and_metric_equals_unfolded(tmp_path):
+    trained = toy_runner(tmp_path / 'train')
+    trained.train()
+    checkpoint = osp.join(tmp_path / 'train', 'iter_4.pth')
+    unfolded = toy_runner(tmp_path / 'plain', load_from=checkpoint).test()
+    hook = DOConvFoldHook()
+    runner = toy_runner(tmp_path / 'fold', load_from=checkpoint,
+                        custom_hooks=[hook])
+    folded = runner.test()
+    assert folded == unfolded
+    log = open(glob.glob(str(tmp_path / 'fold' / '*' / '*.log'))[0]).read()
+    line = [l for l in log.splitlines() if 'folded 2 DO-Conv layers' in l]
+    assert len(line) == 1 and 'max |Δ| on a probe batch: ' in line[0]
+    delta = float(line[0].rsplit(': ', 1)[1].rstrip(')'))
+    assert 0 <= delta < 1e-5
+    # Restored after the test loop.
+    assert isinstance(runner.model.body[0], DOConv2d)
+
+
+def test_deploy_checkpoint_loads_strict_into_plain_model(tmp_path):
+    hook = DOConvFoldHook()
+    runner = toy_runner(tmp_path, custom_hooks=[hook])
+    runner.train()
+    assert hook.folded_checkpoint == osp.join(tmp_path, 'iter_4_folded.pth')
+    deploy = load_checkpoint_file(hook.folded_checkpoint)
+    assert not any(k.endswith('.D') for k in deploy['state_dict'])
+    assert 'optimizer' not in deploy and 'message_hub' not in deploy
+    plain = ToyNet(conv=nn.Conv2d).eval()
+    plain.load_state_dict(deploy['state_dict'], strict=True)
+    doconv = ToyNet().eval()
+    doconv.load_state_dict(load_checkpoint_file(
+        osp.join(tmp_path, 'iter_4.pth'))['state_dict'], strict=True)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), doconv(x), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_with_ema_hook_validates_the_folded_ema_weights(tmp_path):
+    ema = dict(type='EMAHook', momentum=0.5)
+    with_fold = toy_runner(tmp_path / 'fold', custom_hooks=[
+        ema, dict(type='DOConvFoldHook')])
+    without = toy_runner(tmp_path / 'plain', custom_hooks=[ema])
+    with_fold.train()
+    without.train()
+    for key in ('accuracy', 'predictions'):
+        assert with_fold.message_hub.get_scalar(f'val/toy/{key}').data[0] \
+            .tolist() == without.message_hub.get_scalar(
+                f'val/toy/{key}').data[0].tolist()
+    for (key, a), b in zip(with_fold.model.state_dict().items(),
+                           without.model.state_dict().values()):
+        assert torch.equal(a, b), key
+    # The deploy checkpoint holds the folded EMA weights.
+    ema_model = ToyNet().eval()
+    ema_model.load_state_dict(load_checkpoint_file(
+        osp.join(tmp_path / 'fold', 'iter_4.pth'))['state_dict'])
+    plain = ToyNet(conv=nn.Conv2d).eval()
+    plain.load_state_dict(load_checkpoint_file(osp.join(
+        tmp_path / 'fold', 'iter_4_folded.pth'))['state_dict'], strict=True)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), ema_model(x), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_resume_keeps_d_and_w(tmp_path):
+    first = toy_runner(tmp_path, max_iters=2,
+                       custom_hooks=[dict(type='DOConvFoldHook')])
+    first.train()
+    saved = {k: v.clone() for k, v in first.model.state_dict().items()}
+    assert saved['body.0.D'].abs().sum() > 0
+    resumed = toy_runner(tmp_path, max_iters=4, resume=True,
+                         custom_hooks=[dict(type='DOConvFoldHook')])
+    resumed.load_or_resume()  # what train() does first
+    assert resumed.iter == 2
+    assert isinstance(resumed.model.body[0], DOConv2d)
+    for key, value in saved.items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    resumed.train()
+    assert resumed.iter == 4
+
+
+def test_model_without_doconv_warns_once(tmp_path, caplog):
+    runner = toy_runner(tmp_path, model=ToyNet(conv=nn.Conv2d),
+                        custom_hooks=[dict(type='DOConvFoldHook')])
+    logger = MMLogger.get_current_instance()
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        runner.train()
+        runner.test()
+    finally:
+        logger.removeHandler(handler)
+    warnings = [m for m in messages if 'no DOConv2d layer' in m]
+    assert len(warnings) == 1
+    assert not glob.glob(str(tmp_path / '*_folded.pth'))
+
+
+def test_bad_suffix():
+    with pytest.raises(ValueError, match="got 'a/b'"):
+        DOConvFoldHook(suffix='a/b')
