@@ -11,6 +11,7 @@ from .compose import compose_kernel, doconv_identity
 from .convert import convert_reference_state_dict
 from .doconv import DOConv2d
 from .fold import count_doconv, fold_doconv, fold_state_dict
+from .amp import CPUBf16OptimWrapper
 from .fold_hook import DOConvFoldHook
 from .registry import build_doconv
 from .version import __version__
@@ -23,6 +24,7 @@ register_safe_loader()
 __all__ = [
     'DOConv2d', 'build_doconv', 'compose_kernel', 'doconv_identity',
     'fold_doconv', 'fold_state_dict', 'count_doconv', 'DOConvFoldHook',
+    'CPUBf16OptimWrapper',
     'convert_reference_state_dict', 'UnsafeCheckpointError', 'allow_mmengine_checkpoints',
     'load_checkpoint_file', 'register_safe_loader', 'save_folded_checkpoint',
     '__version__'

@@ -73,8 +73,10 @@ def _resnets(scope):
 def test_plain_resnet_checkpoint_loads_strict_into_doconv_resnet(scope):
     build = _resnets(scope)
     torch.manual_seed(0)
-    plain = build().eval()
-    doconv = build(conv_cfg=dict(type='DOConv')).eval()
+    plain = build()
+    doconv = build(conv_cfg=dict(type='DOConv'))
+    plain.eval()  # OpenMMLab ResNets' train() returns None: no chaining
+    doconv.eval()
     # Pytorch-style ResNet-50: the 7x7 stem and 16 bottleneck 3x3 convs;
     # V1c: a deep stem of three 3x3 convs instead.  1x1 convs stay plain.
     expected = 19 if scope == 'mmseg' else 17
@@ -92,7 +94,8 @@ def test_resnet50_fold_error_with_perturbed_d(capsys):
     """The folding error quoted in the README (ResNet-50, D ~ N(0, 0.1))."""
     from mmdet.models.backbones import ResNet
     torch.manual_seed(0)
-    model = ResNet(depth=50, conv_cfg=dict(type='DOConv')).eval()
+    model = ResNet(depth=50, conv_cfg=dict(type='DOConv'))
+    model.eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, DOConv2d):

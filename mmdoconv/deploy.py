@@ -1,0 +1,107 @@
+"""Deploy artefacts: a plain config and a folded checkpoint, no mmdoconv needed.
+
+:func:`plain_config` turns a DO-Conv config into the same model with plain
+convolutions; :func:`fold_checkpoint` writes that config next to the folded
+checkpoint, so stock mmdet / mmseg / mmpretrain code loads the pair with
+``strict=True``.
+"""
+import copy
+import os.path as osp
+from typing import Any, Dict, Tuple
+
+from mmengine.config import Config
+
+from .checkpoint import load_checkpoint_file, save_folded_checkpoint
+
+#: Registry names whose layers fold to ``nn.Conv2d``.
+DOCONV_TYPES = ('DOConv', 'DOConv2d')
+#: mmdoconv module types that have a stock equivalent once folded.
+PLAIN_EQUIVALENTS: Dict[str, str] = {}
+_PLUGIN = 'mmdoconv'
+_HOOKS = ('DOConvFoldHook', )
+
+
+def _type_name(value: Any) -> Any:
+    return getattr(value, '__name__', value)
+
+
+def _strip_doconv(node: Any) -> Any:
+    if isinstance(node, dict):
+        type_name = _type_name(node.get('type'))
+        if type_name in DOCONV_TYPES or type_name == 'build_doconv':
+            rest = {k: v for k, v in node.items() if k not in ('type',
+                                                               'D_mul')}
+            # A bare conv_cfg becomes None (mmcv's default plain conv); a
+            # full layer config becomes mmcv's registered 'Conv2d'.
+            return dict(type='Conv2d', **rest) if rest else None
+        stripped = {key: _strip_doconv(value) for key, value in node.items()}
+        if type_name in PLAIN_EQUIVALENTS:
+            stripped['type'] = PLAIN_EQUIVALENTS[type_name]
+        return stripped
+    if isinstance(node, (list, tuple)):
+        return type(node)(_strip_doconv(value) for value in node)
+    return node
+
+
+def plain_config(cfg: Config) -> Config:
+    """The same config with DO-Conv replaced by plain convolutions.
+
+    ``conv_cfg=dict(type='DOConv', ...)`` becomes ``None``, mmdoconv leaves
+    ``custom_imports`` and ``DOConvFoldHook`` leaves ``custom_hooks``.  The
+    input is not modified.
+    """
+    data = _strip_doconv(copy.deepcopy(cfg.to_dict()))
+    imports = data.get('custom_imports')
+    if imports:
+        names = [n for n in imports.get('imports', []) if n != _PLUGIN
+                 and not str(n).startswith(_PLUGIN + '.')]
+        if names:
+            imports['imports'] = names
+        else:
+            data.pop('custom_imports')
+    if data.get('custom_hooks'):
+        data['custom_hooks'] = [
+            h for h in data['custom_hooks']
+            if _type_name(h.get('type')) not in _HOOKS
+        ]
+    return Config(data)
+
+
+def fold_checkpoint(cfg: Config,
+                    checkpoint_path: str,
+                    out_dir: str,
+                    config_name: str,
+                    overwrite: bool = False) -> Tuple[str, str]:
+    """Write ``<checkpoint>_folded.pth`` and ``<config>_plain.py`` to out_dir.
+
+    Args:
+        cfg: The DO-Conv config the checkpoint was trained with.
+        checkpoint_path: The DO-Conv checkpoint.
+        out_dir: Output folder (created if needed).
+        config_name: File stem for the plain config.
+        overwrite: Replace existing output files instead of refusing.
+
+    Returns:
+        Paths of the written checkpoint and config.
+
+    Raises:
+        FileExistsError: If an output exists and ``overwrite`` is False, or
+            an output would replace the input checkpoint.
+    """
+    stem = osp.splitext(osp.basename(checkpoint_path))[0]
+    out_checkpoint = osp.join(out_dir, f'{stem}_folded.pth')
+    out_config = osp.join(out_dir, f'{config_name}_plain.py')
+    if osp.abspath(out_checkpoint) == osp.abspath(checkpoint_path):
+        raise FileExistsError(
+            f'{out_checkpoint!r} would overwrite the input checkpoint')
+    for path in (out_checkpoint, out_config):
+        if osp.exists(path) and not overwrite:
+            raise FileExistsError(
+                f'{path!r} exists; pass --overwrite to replace it')
+    plain = plain_config(cfg)
+    plain.load_from = osp.abspath(out_checkpoint)
+    checkpoint = load_checkpoint_file(checkpoint_path)
+    save_folded_checkpoint(checkpoint, out_checkpoint,
+                           meta=dict(cfg=plain.pretty_text))
+    plain.dump(out_config)
+    return out_checkpoint, out_config

@@ -1,0 +1,191 @@
+"""Deploy path: fold_checkpoint.py, plain configs, test.py --deploy, ONNX."""
+import os
+import os.path as osp
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS, DefaultScope
+
+import mmdoconv  # noqa: F401
+from mmdoconv import DOConv2d, count_doconv
+from mmdoconv.deploy import plain_config
+from mmdoconv.export import (TensorGraph, export_onnx, max_abs_difference,
+                             node_histogram)
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+DET_CONFIG = """
+_base_ = ['mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py']
+custom_imports = dict(imports=['mmdoconv'], allow_failed_imports=False)
+conv_cfg = dict(type='DOConv')
+model = dict(
+    backbone=dict(conv_cfg=conv_cfg, init_cfg=None),
+    neck=dict(conv_cfg=conv_cfg))
+custom_hooks = [dict(type='DOConvFoldHook')]
+"""
+
+SEG_CONFIG = """
+_base_ = ['mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-512x1024.py']
+custom_imports = dict(imports=['mmdoconv'], allow_failed_imports=False)
+conv_cfg = dict(type='DOConv')
+model = dict(
+    pretrained=None,
+    backbone=dict(conv_cfg=conv_cfg),
+    decode_head=dict(conv_cfg=conv_cfg),
+    auxiliary_head=dict(conv_cfg=conv_cfg))
+"""
+
+# Runs with mmdoconv unimportable: stock OpenMMLab code only.
+PLAIN_SCRIPT = """
+import sys
+sys.modules['mmdoconv'] = None  # any 'import mmdoconv' now fails
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+config, checkpoint, inputs, out = sys.argv[1:]
+cfg = Config.fromfile(config)
+init_default_scope(cfg.default_scope)
+model = MODELS.build(cfg.model).eval()
+state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+model.load_state_dict(state['state_dict'], strict=True)
+x = torch.load(inputs)
+with torch.no_grad():
+    if hasattr(model, 'rpn_head'):
+        feats = model.extract_feat(x)
+        outs = list(feats) + [t for level in model.rpn_head(feats) for t in level]
+    else:
+        outs = [model._forward(x)]
+torch.save(outs, out)
+"""
+
+
+def _build(config_path, scope):
+    cfg = Config.fromfile(config_path)
+    with DefaultScope.overwrite_default_scope(scope):
+        model = MODELS.build(cfg.model)
+    return cfg, model.eval()
+
+
+def _perturb(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, DOConv2d):
+                module.D.copy_(0.1 * torch.randn(
+                    module.D.shape, generator=generator))
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.normal_(0, 0.1, generator=generator)
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+
+
+def _python(*args, **kwargs):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, check=True,
+                          capture_output=True, text=True, **kwargs)
+
+
+@pytest.mark.parametrize('scope,config_text,expected_doconv', [
+    ('mmdet', DET_CONFIG, 17 + 4),  # R50 stem + 16 3x3, 4 FPN 3x3
+    ('mmseg', SEG_CONFIG, 19 + 4 + 1),  # deep stem + 16, ASPP 3 + bottleneck, FCN 1
+])
+def test_fold_checkpoint_runs_on_stock_openmmlab(tmp_path, scope,
+                                                 config_text,
+                                                 expected_doconv):
+    config = tmp_path / 'model_doconv.py'
+    config.write_text(config_text)
+    cfg, model = _build(str(config), scope)
+    assert count_doconv(model) == expected_doconv
+    _perturb(model)
+    checkpoint = tmp_path / 'iter_8.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, checkpoint)
+    out_dir = tmp_path / 'deploy'
+    result = _python('tools/fold_checkpoint.py', str(config), str(checkpoint),
+                     str(out_dir))
+    folded = out_dir / 'iter_8_folded.pth'
+    plain = out_dir / 'model_doconv_plain.py'
+    assert str(folded) in result.stdout and str(plain) in result.stdout
+    text = plain.read_text()
+    assert 'DOConv' not in text and 'mmdoconv' not in text
+
+    x = torch.randn(1, 3, 64, 96)
+    torch.save(x, tmp_path / 'x.pth')
+    _python('-c', PLAIN_SCRIPT, str(plain), str(folded),
+            str(tmp_path / 'x.pth'), str(tmp_path / 'out.pth'))
+    theirs = torch.load(tmp_path / 'out.pth')
+    with torch.no_grad():
+        ours = TensorGraph(model)(x)
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+    # Never overwrite without being asked.
+    with pytest.raises(subprocess.CalledProcessError) as error:
+        _python('tools/fold_checkpoint.py', str(config), str(checkpoint),
+                str(out_dir))
+    assert 'exists; pass --overwrite' in error.value.stderr
+
+
+def test_plain_config_keeps_everything_else():
+    cfg = Config(dict(
+        custom_imports=dict(imports=['mmdoconv', 'other'],
+                            allow_failed_imports=False),
+        custom_hooks=[dict(type='DOConvFoldHook'), dict(type='EMAHook')],
+        model=dict(backbone=dict(conv_cfg=dict(type='DOConv', D_mul=16),
+                                 depth=50),
+                   layer=dict(type='DOConv', in_channels=2, out_channels=4,
+                              kernel_size=3)),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.02))))
+    plain = plain_config(cfg)
+    assert plain.custom_imports.imports == ['other']
+    assert [h['type'] for h in plain.custom_hooks] == ['EMAHook']
+    assert plain.model.backbone.conv_cfg is None
+    assert plain.model.backbone.depth == 50
+    assert plain.model.layer == dict(type='Conv2d', in_channels=2,
+                                     out_channels=4, kernel_size=3)
+    assert plain.optim_wrapper == cfg.optim_wrapper
+    assert cfg.model.backbone.conv_cfg.type == 'DOConv'  # input untouched
+
+
+def test_onnx_export_is_the_plain_graph(tmp_path):
+    config = tmp_path / 'det_doconv.py'
+    config.write_text(DET_CONFIG)
+    _, model = _build(str(config), 'mmdet')
+    _perturb(model)
+    plain_cfg = plain_config(Config.fromfile(str(config)))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        plain = MODELS.build(plain_cfg.model).eval()
+    x = torch.randn(1, 3, 128, 160)
+    assert export_onnx(model, x, str(tmp_path / 'doconv.onnx')) == 21
+    assert count_doconv(model) == 0
+    # Same weights in both: the exporter turns identical initializers into
+    # Identity nodes, so only equal values give comparable histograms.
+    plain.load_state_dict(model.state_dict(), strict=True)
+    export_onnx(plain, x, str(tmp_path / 'plain.onnx'))
+    doconv_ops = node_histogram(str(tmp_path / 'doconv.onnx'))
+    assert doconv_ops == node_histogram(str(tmp_path / 'plain.onnx'))
+    assert 'Einsum' not in doconv_ops and 'MatMul' not in doconv_ops
+    def convs(module):
+        return sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+
+    # The RPN head's three convs run once on each of the 5 FPN levels.
+    assert doconv_ops['Conv'] == convs(plain.backbone) + convs(plain.neck) \
+        + 5 * convs(plain.rpn_head)
+    assert max_abs_difference(model, str(tmp_path / 'doconv.onnx'), x) < 1e-4
+
+
+def test_export_onnx_tool(tmp_path):
+    config = tmp_path / 'seg_doconv.py'
+    config.write_text(SEG_CONFIG)
+    _, model = _build(str(config), 'mmseg')
+    _perturb(model)
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'seg.pth')
+    result = _python('tools/export_onnx.py', str(config),
+                     str(tmp_path / 'seg.pth'), str(tmp_path / 'seg.onnx'),
+                     '--shape', '64', '64')
+    assert 'folded 24 DO-Conv layers' in result.stdout
+    difference = float(result.stdout.rsplit(': ', 1)[1])
+    assert difference < 1e-4
+    assert osp.getsize(tmp_path / 'seg.onnx') > 1e6
