@@ -4,17 +4,24 @@ Importing this package registers the ``DOConv`` conv type in mmengine's root
 MODELS registry, so ``conv_cfg=dict(type='DOConv')`` works in mmdet, mmseg
 and mmpretrain configs.
 """
+import importlib.util
+
 from .checkpoint import (UnsafeCheckpointError, allow_mmengine_checkpoints,
                          load_checkpoint_file, register_safe_loader,
                          save_folded_checkpoint)
 from .compose import compose_kernel, doconv_identity
 from .convert import convert_reference_state_dict
+from .dist import CPUAwareDistributedDataParallel
 from .doconv import DOConv2d
 from .fold import count_doconv, fold_doconv, fold_state_dict
 from .amp import CPUBf16OptimWrapper
 from .fold_hook import DOConvFoldHook
+from .pretrained import PretrainedDOConvInit
 from .registry import build_doconv
 from .version import __version__
+
+if importlib.util.find_spec('mmdet') is not None:
+    from .models import DOConvRPNHead  # noqa: F401
 
 # mmengine 0.10 checkpoints hold a few mmengine/numpy objects that torch >= 2.6
 # refuses by default; allow exactly those, and name what is refused.
@@ -24,7 +31,8 @@ register_safe_loader()
 __all__ = [
     'DOConv2d', 'build_doconv', 'compose_kernel', 'doconv_identity',
     'fold_doconv', 'fold_state_dict', 'count_doconv', 'DOConvFoldHook',
-    'CPUBf16OptimWrapper',
+    'CPUBf16OptimWrapper', 'PretrainedDOConvInit',
+    'CPUAwareDistributedDataParallel',
     'convert_reference_state_dict', 'UnsafeCheckpointError', 'allow_mmengine_checkpoints',
     'load_checkpoint_file', 'register_safe_loader', 'save_folded_checkpoint',
     '__version__'

@@ -15,8 +15,11 @@ from .checkpoint import load_checkpoint_file, save_folded_checkpoint
 
 #: Registry names whose layers fold to ``nn.Conv2d``.
 DOCONV_TYPES = ('DOConv', 'DOConv2d')
-#: mmdoconv module types that have a stock equivalent once folded.
-PLAIN_EQUIVALENTS: Dict[str, str] = {}
+#: mmdoconv module types with a stock equivalent once folded, and the keys
+#: that only the mmdoconv type takes.
+PLAIN_EQUIVALENTS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    'DOConvRPNHead': ('RPNHead', ('conv_cfg', )),
+}
 _PLUGIN = 'mmdoconv'
 _HOOKS = ('DOConvFoldHook', )
 
@@ -36,7 +39,10 @@ def _strip_doconv(node: Any) -> Any:
             return dict(type='Conv2d', **rest) if rest else None
         stripped = {key: _strip_doconv(value) for key, value in node.items()}
         if type_name in PLAIN_EQUIVALENTS:
-            stripped['type'] = PLAIN_EQUIVALENTS[type_name]
+            plain_type, own_keys = PLAIN_EQUIVALENTS[type_name]
+            stripped['type'] = plain_type
+            for key in own_keys:
+                stripped.pop(key, None)
         return stripped
     if isinstance(node, (list, tuple)):
         return type(node)(_strip_doconv(value) for value in node)

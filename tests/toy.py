@@ -1,4 +1,6 @@
 """A tiny model, dataset and metric for Runner tests of the hooks and tools."""
+import uuid
+
 import torch
 import torch.nn.functional as F
 from mmengine.evaluator import BaseMetric
@@ -95,5 +97,5 @@ def toy_runner(work_dir, *, max_iters=4, val_interval=2, custom_hooks=(),
         custom_hooks=list(custom_hooks),
         randomness=dict(seed=seed, deterministic=True),
         default_scope='mmengine',
-        experiment_name=f'toy_{id(work_dir)}',
+        experiment_name=f'toy_{uuid.uuid4().hex[:12]}',
         **kwargs)

@@ -13,6 +13,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdoconv  # noqa: F401
+from mmdoconv.dist import use_cpu_distributed
 from mmdoconv.tooling import (DictAction, add_hook_once, default_work_dir,
                               import_scope, load_config)
 
@@ -74,6 +75,7 @@ def main() -> None:
     cfg = load_config(args.config, args.cfg_options)
     import_scope(cfg)
     cfg.launcher = args.launcher
+    use_cpu_distributed(cfg)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:

@@ -1,0 +1,41 @@
+"""Write small deterministic datasets in the real COCO, Cityscapes, VOC aug and
+ImageNet layouts (images of coloured shapes), for tests, the demo and a laptop.
+
+    python tools/make_synthetic_data.py coco cityscapes voc imagenet --data-dir data
+
+Default places: data/coco, data/cityscapes, data/VOCdevkit/VOC2012,
+data/imagenet, i.e. where the upstream configs look.  Point a config at
+another folder with --cfg-options, e.g.
+train_dataloader.dataset.data_root=/tmp/data/coco/
+"""
+import argparse
+import os.path as osp
+
+from mmdoconv.synthetic import DEFAULT_ROOTS, WRITERS, write_datasets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='\n'.join(__doc__.splitlines()[2:]))
+    parser.add_argument('datasets', nargs='+', choices=sorted(WRITERS),
+                        help='which datasets to write')
+    parser.add_argument('--data-dir', default='data',
+                        help='parent folder (default: data)')
+    parser.add_argument('--force', action='store_true',
+                        help='write even if the dataset folder exists')
+    args = parser.parse_args()
+    names = []
+    for name in args.datasets:
+        root = osp.join(args.data_dir,
+                        osp.relpath(DEFAULT_ROOTS[name], 'data'))
+        if osp.exists(root) and not args.force:
+            print(f'{name}: {root} exists, skipped (--force rewrites it)')
+        else:
+            names.append(name)
+    write_datasets(names, args.data_dir)
+
+
+if __name__ == '__main__':
+    main()
