@@ -1,25 +1,58 @@
 """``--amp`` for the tools: fp16 AMP on GPUs, bf16 autocast on CPU.
 
 mmengine's AmpOptimWrapper asserts a CUDA/NPU/MLU/MUSA device, so a CPU run
-with ``--amp`` needs its own wrapper.  bf16 has float32's exponent range, so
-it needs no loss scaling.
+with ``--amp`` needs its own wrapper.  bf16 has float32's exponent range and
+needs no loss scaling.  mmcv 2.1's CPU kernels (NMS, RoIAlign) accept only
+float32, so on CPU autocast covers the model's ``extract_feat`` (backbone and
+neck: most of the compute, and every DO-Conv layer of the task configs) and
+the heads receive float32 features.  Models without ``extract_feat`` are
+autocast whole.
 """
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from mmengine.config import Config
+from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
 
+def _to_float(value):
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_float(v) for k, v in value.items()}
+    return value
+
+
+def _bf16(function):
+
+    def run_in_bf16(*args, **kwargs):
+        with torch.autocast(device_type='cpu', dtype=torch.bfloat16):
+            return _to_float(function(*args, **kwargs))
+
+    run_in_bf16.mmdoconv_bf16 = True
+    return run_in_bf16
+
+
 @OPTIM_WRAPPERS.register_module()
 class CPUBf16OptimWrapper(OptimWrapper):
-    """OptimWrapper that runs the forward under CPU bf16 autocast."""
+    """OptimWrapper for CPU mixed precision with bf16 autocast."""
 
     @contextmanager
     def optim_context(self, model: torch.nn.Module):
-        with super().optim_context(model), torch.autocast(
-                device_type='cpu', dtype=torch.bfloat16):
+        module = model.module if is_model_wrapper(model) else model
+        extract_feat = getattr(module, 'extract_feat', None)
+        whole_model = extract_feat is None
+        if extract_feat is not None and not getattr(extract_feat,
+                                                    'mmdoconv_bf16', False):
+            # An attribute of this instance, so the class stays untouched.
+            module.extract_feat = _bf16(extract_feat)
+        autocast = torch.autocast(device_type='cpu', dtype=torch.bfloat16) \
+            if whole_model else nullcontext()
+        with super().optim_context(model), autocast:
             yield
 
 

@@ -1,11 +1,14 @@
 """Distributed training on CPU (gloo) with mmengine's Runner.
 
-mmengine 0.10.7 always hands ``device_ids=[LOCAL_RANK]`` to
-DistributedDataParallel, which torch rejects for a module on the CPU, and its
-configs default to the NCCL backend.  :func:`use_cpu_distributed` points a
-config at gloo and at a wrapper that drops ``device_ids`` for CPU modules.
+mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` before
+creating the process group, always hands ``device_ids=[LOCAL_RANK]`` to
+DistributedDataParallel (which torch rejects for a module on the CPU), and its
+configs default to the NCCL backend.  :func:`use_cpu_distributed` creates the
+gloo process group itself (the Runner then skips its own ``init_dist``) and
+points the config at a wrapper that drops ``device_ids`` for CPU modules.
 """
 import torch
+import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
@@ -24,8 +27,15 @@ class CPUAwareDistributedDataParallel(MMDistributedDataParallel):
 
 def use_cpu_distributed(cfg: Config) -> None:
     """Make a distributed run of ``cfg`` work without GPUs (no-op with CUDA)."""
-    if torch.cuda.is_available() or cfg.get('launcher', 'none') == 'none':
+    launcher = cfg.get('launcher', 'none')
+    if torch.cuda.is_available() or launcher == 'none':
         return
+    if launcher != 'pytorch':
+        raise ValueError(f'without GPUs only launcher="pytorch" (torchrun) is '
+                         f'supported, but got launcher={launcher!r}')
+    if not torch_dist.is_initialized():
+        # RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT come from torchrun.
+        torch_dist.init_process_group(backend='gloo')
     cfg.setdefault('env_cfg', {})
     cfg.env_cfg.setdefault('dist_cfg', {})
     cfg.env_cfg.dist_cfg.backend = 'gloo'

@@ -35,6 +35,28 @@ SHAPES: Tuple[ShapeClass, ...] = (
     ShapeClass('ellipse', (40, 200, 60), 1, 'person', 11, 15),
     ShapeClass('triangle', (50, 80, 230), 10, 'traffic light', 6, 5),
 )
+# COCO's 80 categories with their real (gapped) ids: the annotation file lists
+# all of them, as the real one does, because mmdet maps label i to the i-th
+# category id of the file.
+COCO_CATEGORIES = tuple(zip(
+    (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+     22, 23, 24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42,
+     43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61,
+     62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
+     85, 86, 87, 88, 89, 90),
+    ('person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train',
+     'truck', 'boat', 'traffic light', 'fire hydrant', 'stop sign',
+     'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse', 'sheep', 'cow',
+     'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella',
+     'handbag', 'tie', 'suitcase', 'frisbee', 'skis', 'snowboard',
+     'sports ball', 'kite', 'baseball bat', 'baseball glove', 'skateboard',
+     'surfboard', 'tennis racket', 'bottle', 'wine glass', 'cup', 'fork',
+     'knife', 'spoon', 'bowl', 'banana', 'apple', 'sandwich', 'orange',
+     'broccoli', 'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair',
+     'couch', 'potted plant', 'bed', 'dining table', 'toilet', 'tv',
+     'laptop', 'mouse', 'remote', 'keyboard', 'cell phone', 'microwave',
+     'oven', 'toaster', 'sink', 'refrigerator', 'book', 'clock', 'vase',
+     'scissors', 'teddy bear', 'hair drier', 'toothbrush')))
 # Real ImageNet ids of the first classes (tench, goldfish, great white shark).
 IMAGENET_WNIDS = ('n01440764', 'n01443537', 'n01484850')
 CITYSCAPES_ROAD, CITYSCAPES_SKY, IGNORE_INDEX = 0, 10, 255
@@ -125,12 +147,12 @@ def write_coco(root: str, num_train: int = 64, num_val: int = 16,
     """COCO 2017 layout: ``{train,val}2017/*.jpg`` and
     ``annotations/instances_{train,val}2017.json``.
 
-    Category ids and names are real COCO ones, so mmdet's 80-class configs
-    and CocoMetric run unchanged.
+    The file lists COCO's 80 categories with their real ids (the shapes use
+    three of them), so mmdet's 80-class configs and CocoMetric run unchanged.
     """
     height, width = size
-    categories = [dict(id=s.coco_id, name=s.coco_name, supercategory='shape')
-                  for s in SHAPES]
+    categories = [dict(id=cat_id, name=name, supercategory='object')
+                  for cat_id, name in COCO_CATEGORIES]
     counts = {}
     for split, count, split_seed in (('train', num_train, seed),
                                      ('val', num_val, seed + 1)):

@@ -1,0 +1,76 @@
+"""Helpers to run the project's configs and tools small and fast in tests."""
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+from typing import Dict, List
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TESTS = osp.dirname(osp.abspath(__file__))
+
+
+def config_path(*parts: str) -> str:
+    return osp.join(ROOT, 'configs', *parts)
+
+
+def detection_options(coco_root: str, train_images: int = 4,
+                      val_images: int = 4, scale=(320, 256)) -> Dict:
+    """cfg-options that run mmdet's Faster R-CNN configs on the synthetic
+    COCO set with small images, one epoch and no pretrained download."""
+    root = coco_root.rstrip('/') + '/'
+    options = {
+        'model.backbone.init_cfg': None,
+        # A few iterations give low scores: keep every box so that there are
+        # detections to compare and CocoMetric has something to evaluate.
+        'model.test_cfg.rcnn.score_thr': 0.0,
+        'train_dataloader.dataset.data_root': root,
+        'train_dataloader.dataset.indices': train_images,
+        'train_dataloader.dataset.pipeline.2.scale': scale,
+        'train_cfg.max_epochs': 1,
+        'randomness.seed': 0,
+        'default_hooks.logger.interval': 1,
+    }
+    for split in ('val', 'test'):
+        options.update({
+            f'{split}_dataloader.dataset.data_root': root,
+            f'{split}_dataloader.dataset.indices': val_images,
+            f'{split}_dataloader.dataset.pipeline.1.scale': scale,
+            f'{split}_evaluator.ann_file':
+            root + 'annotations/instances_val2017.json',
+        })
+    for split in ('train', 'val', 'test'):
+        options[f'{split}_dataloader.num_workers'] = 0
+        options[f'{split}_dataloader.persistent_workers'] = False
+    return options
+
+
+def as_cli(options: Dict) -> List[str]:
+    """``--cfg-options k=v ...`` arguments for the tools."""
+    args = ['--cfg-options']
+    for key, value in options.items():
+        if isinstance(value, tuple):
+            value = '(' + ','.join(str(v) for v in value) + ')'
+        args.append(f'{key}={value}')
+    return args
+
+
+def run_tool(*args: str, env_extra: Dict = None,
+             timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python tools/...`` (or a shell script) from the repository root."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]),
+               **(env_extra or {}))
+    command = list(args) if args[0].endswith('.sh') else [sys.executable,
+                                                          *args]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f'{" ".join(args[:2])} failed:\n'
+                             f'{result.stdout[-3000:]}\n{result.stderr[-5000:]}')
+    return result
+
+
+def logged_metrics(text: str, prefix: str) -> Dict[str, float]:
+    """The last ``prefix/name: value`` metrics an mmengine log printed."""
+    return {name: float(value) for name, value in re.findall(
+        rf'({re.escape(prefix)}/\w+): (-?[\d.]+)', text)}
