@@ -74,3 +74,50 @@ def logged_metrics(text: str, prefix: str) -> Dict[str, float]:
     """The last ``prefix/name: value`` metrics an mmengine log printed."""
     return {name: float(value) for name, value in re.findall(
         rf'({re.escape(prefix)}/\w+): (-?[\d.]+)', text)}
+
+
+def segmentation_options(dataset: str, root: str, crop=(64, 128),
+                         iters: int = 2, val_images: int = 2) -> Dict:
+    """cfg-options that run mmseg's DeepLabv3 configs on a synthetic set with
+    small crops, ``iters`` iterations and no pretrained download.
+
+    Args:
+        dataset: 'cityscapes' or 'voc'.
+    """
+    root = root.rstrip('/') + '/'
+    height, width = crop
+    # mmseg's scales are (long, short) edges of the resize.
+    scale = (4 * width, 2 * height) if dataset == 'cityscapes' else (
+        4 * max(crop), max(crop))
+    options = {
+        'model.pretrained': None,
+        'model.data_preprocessor.size': crop,
+        'train_cfg.max_iters': iters,
+        'train_cfg.val_interval': iters,
+        'default_hooks.checkpoint.interval': iters,
+        'default_hooks.logger.interval': 1,
+        'randomness.seed': 0,
+    }
+    if dataset == 'cityscapes':
+        train_datasets = ['train_dataloader.dataset']
+    else:  # VOC aug trains on ConcatDataset([train, aug])
+        train_datasets = [f'train_dataloader.dataset.datasets.{i}'
+                          for i in (0, 1)]
+    for prefix in train_datasets:
+        options.update({
+            f'{prefix}.data_root': root,
+            f'{prefix}.pipeline.2.scale': scale,
+            f'{prefix}.pipeline.3.crop_size': crop,
+        })
+        if dataset == 'voc':
+            options[f'{prefix}.pipeline.6.size'] = crop
+    for split in ('val', 'test'):
+        options.update({
+            f'{split}_dataloader.dataset.data_root': root,
+            f'{split}_dataloader.dataset.indices': val_images,
+            f'{split}_dataloader.dataset.pipeline.1.scale': scale,
+        })
+    for split in ('train', 'val', 'test'):
+        options[f'{split}_dataloader.num_workers'] = 0
+        options[f'{split}_dataloader.persistent_workers'] = False
+    return options

@@ -1,0 +1,139 @@
+"""DeepLabv3 with DO-Conv (paper Table 4) on synthetic Cityscapes and VOC aug."""
+import re
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS, DefaultScope
+from mmengine.runner import Runner
+from torch import nn
+
+import mmdoconv  # noqa: F401
+from mmdoconv import DOConv2d
+from runs import as_cli, config_path, run_tool, segmentation_options
+from test_detection import _flatten
+
+CONFIGS = {
+    'cityscapes': dict(
+        baseline='deeplabv3_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+        task='deeplabv3_r50-d8-doconv-task_4xb2-80k_cityscapes-512x1024.py',
+        backbone='deeplabv3_r50-d8-doconv-backbone_4xb2-80k_cityscapes-'
+        '512x1024.py',
+        both='deeplabv3_r50-d8-doconv-both_4xb2-80k_cityscapes-512x1024.py'),
+    'voc': dict(
+        baseline='deeplabv3_r101-d8_4xb4-20k_voc12aug-512x512.py',
+        task='deeplabv3_r101-d8-doconv-task_4xb4-20k_voc12aug-512x512.py',
+        backbone='deeplabv3_r101-d8-doconv-backbone_4xb4-20k_voc12aug-'
+        '512x512.py',
+        both='deeplabv3_r101-d8-doconv-both_4xb4-20k_voc12aug-512x512.py'),
+}
+TASK_STAGE_DOCONV = {'cityscapes': 24, 'voc': 41}
+
+
+def _load(dataset, variant):
+    return Config.fromfile(config_path('deeplabv3',
+                                       CONFIGS[dataset][variant]))
+
+
+def _allowed(path: str) -> bool:
+    return ('conv_cfg' in path or path == 'model.pretrained'
+            or path.startswith(('custom_imports', 'custom_hooks',
+                                'model.backbone.init_cfg',
+                                'doconv_backbone_checkpoint')))
+
+
+@pytest.mark.parametrize('dataset', sorted(CONFIGS))
+@pytest.mark.parametrize('variant', ['task', 'backbone', 'both'])
+def test_config_differs_from_baseline_only_in_conv_type(dataset, variant):
+    baseline = _flatten(_load(dataset, 'baseline').to_dict())
+    config = _flatten(_load(dataset, variant).to_dict())
+    changed = {p for p in baseline.keys() | config.keys()
+               if baseline.get(p, '<absent>') != config.get(p, '<absent>')}
+    assert changed and all(_allowed(p) for p in changed), sorted(
+        p for p in changed if not _allowed(p))
+
+
+@pytest.mark.parametrize('dataset', sorted(CONFIGS))
+@pytest.mark.parametrize('variant', ['baseline', 'task', 'backbone', 'both'])
+def test_every_non_pointwise_conv_is_doconv(dataset, variant):
+    cfg = _load(dataset, variant)
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        model = MODELS.build(cfg.model)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    doconv = [m for m in convs if isinstance(m, DOConv2d)]
+    expected = TASK_STAGE_DOCONV[dataset] if variant in ('task',
+                                                         'both') else 0
+    assert len(doconv) == expected
+    assert all(type(m) is nn.Conv2d for m in convs if m.kernel_size == (1, 1))
+    if expected:
+        assert all(isinstance(m, DOConv2d) for m in convs
+                   if m.kernel_size != (1, 1))
+        dilations = sorted(m.dilation[0] for m in
+                           model.decode_head.aspp_modules.modules()
+                           if isinstance(m, DOConv2d))
+        assert dilations == [12, 24, 36]
+
+
+def _runner(dataset, variant, work_dir, options, **overrides):
+    cfg = _load(dataset, variant)
+    cfg.merge_from_dict(options)
+    cfg.merge_from_dict(overrides)
+    cfg.work_dir = str(work_dir)
+    return Runner.from_cfg(cfg)
+
+
+@pytest.mark.parametrize('dataset', sorted(CONFIGS))
+def test_doconv_task_trains_and_folded_miou_equals_unfolded(
+        tmp_path, synthetic_data, dataset):
+    options = segmentation_options(dataset, synthetic_data[dataset])
+    runner = _runner(dataset, 'task', tmp_path / 'train', options)
+    # One process: mmengine has reverted mmseg's SyncBN to BatchNorm.
+    assert not any(isinstance(m, nn.SyncBatchNorm)
+                   for m in runner.model.modules())
+    runner.train()
+    folded_val = runner.message_hub.get_scalar('val/mIoU').current()
+    checkpoint = str(tmp_path / 'train' / 'iter_2.pth')
+    assert (tmp_path / 'train' / 'iter_2_folded.pth').is_file()
+    for mode in ('whole', 'slide'):
+        test_cfg = dict(mode=mode)
+        if mode == 'slide':
+            test_cfg.update(crop_size=(48, 64), stride=(32, 48))
+        overrides = {'model.test_cfg': test_cfg, 'load_from': checkpoint}
+        unfolded = _runner(dataset, 'task', tmp_path / f'u_{mode}', options,
+                           custom_hooks=[], **overrides).test()
+        folded = _runner(dataset, 'task', tmp_path / f'f_{mode}', options,
+                         **overrides).test()
+        assert 0.0 <= unfolded['mIoU'] <= 100.0
+        assert folded == unfolded, mode
+        if mode == 'whole':
+            assert unfolded['mIoU'] == pytest.approx(folded_val, abs=1e-9)
+
+
+@pytest.mark.parametrize('dataset', sorted(CONFIGS))
+def test_baseline_trains_and_evaluates(tmp_path, synthetic_data, dataset):
+    options = segmentation_options(dataset, synthetic_data[dataset])
+    runner = _runner(dataset, 'baseline', tmp_path, options)
+    runner.train()
+    assert 0.0 <= runner.message_hub.get_scalar('val/mIoU').current() <= 100
+
+
+def test_folded_checkpoint_tests_through_plain_config(tmp_path,
+                                                      synthetic_data):
+    dataset = 'cityscapes'
+    options = segmentation_options(dataset, synthetic_data[dataset])
+    _runner(dataset, 'task', tmp_path / 'train', options).train()
+    checkpoint = str(tmp_path / 'train' / 'iter_2.pth')
+    unfolded = _runner(dataset, 'task', tmp_path / 'unfolded', options,
+                       custom_hooks=[], load_from=checkpoint).test()
+    config = config_path('deeplabv3', CONFIGS[dataset]['task'])
+    run_tool('tools/fold_checkpoint.py', config, checkpoint,
+             str(tmp_path / 'deploy'), *as_cli(options))
+    plain_config = tmp_path / 'deploy' / (
+        CONFIGS[dataset]['task'][:-3] + '_plain.py')
+    assert 'DOConv' not in plain_config.read_text()
+    result = run_tool('tools/test.py', str(plain_config),
+                      str(tmp_path / 'deploy' / 'iter_2_folded.pth'),
+                      '--work-dir', str(tmp_path / 'plain'))
+    log = result.stdout + result.stderr
+    miou = float(re.findall(r'mIoU: (-?[\d.]+)', log)[-1])
+    assert miou == pytest.approx(unfolded['mIoU'], abs=0.01)  # log rounds
