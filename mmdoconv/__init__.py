@@ -20,8 +20,11 @@ from .pretrained import PretrainedDOConvInit
 from .registry import build_doconv
 from .version import __version__
 
+# OpenMMLab modules with a DO-Conv variant, registered when installed.
 if importlib.util.find_spec('mmdet') is not None:
-    from .models import DOConvRPNHead  # noqa: F401
+    from .models import rpn_head  # noqa: F401
+if importlib.util.find_spec('mmpretrain') is not None:
+    from .models import resnet_stages  # noqa: F401
 
 # mmengine 0.10 checkpoints hold a few mmengine/numpy objects that torch >= 2.6
 # refuses by default; allow exactly those, and name what is refused.

@@ -4,7 +4,7 @@ Paper: Cao et al., "DO-Conv: Depthwise Over-parameterized Convolutional
 Layer", arXiv 2006.12030.  The maths lives in :mod:`mmdoconv.compose`.
 """
 import numbers
-from typing import Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -25,28 +25,44 @@ def _check_positive_pair(name: str, value: _size_2_t) -> Tuple[int, int]:
     return tuple(int(v) for v in pair)
 
 
-def resolve_d_mul(d_mul: Optional[int], kernel_size: _size_2_t) -> int:
+#: Named D_mul rules, for one config across kernel sizes (paper Table 8).
+D_MUL_RULES: Dict[str, Callable[[int, int], int]] = {
+    'M*N': lambda m, n: m * n,
+    '(M+2)*(N+2)': lambda m, n: (m + 2) * (n + 2),
+    '(2M)*(2N)': lambda m, n: 4 * m * n,
+}
+D_INITS = ('identity', 'random')
+
+
+def resolve_d_mul(d_mul: Union[None, int, str], kernel_size: _size_2_t) -> int:
     """Check ``D_mul`` against a kernel size and fill in the default ``M*N``.
 
     Args:
-        d_mul: The requested depth multiplier, or None for ``M*N``.
+        d_mul: The depth multiplier: None for ``M*N``, an int, or a rule name
+            from :data:`D_MUL_RULES` (``'M*N'``, ``'(M+2)*(N+2)'``,
+            ``'(2M)*(2N)'``, the settings of the paper's Table 8).
         kernel_size: ``M`` or ``(M, N)``.
 
     Returns:
         The depth multiplier to use.
 
     Raises:
-        TypeError: If ``d_mul`` is not an int.
+        TypeError: If ``d_mul`` is neither an int nor a rule name.
         ValueError: If ``d_mul < M*N`` (``W'`` could then not express every
-            plain kernel, paper §3).
+            plain kernel, paper §3), or the rule name is unknown.
     """
     kernel_h, kernel_w = _check_positive_pair('kernel_size', kernel_size)
     kernel_numel = kernel_h * kernel_w
     if d_mul is None:
         return kernel_numel
+    if isinstance(d_mul, str):
+        if d_mul not in D_MUL_RULES:
+            raise ValueError(f'D_mul rule must be one of '
+                             f'{sorted(D_MUL_RULES)}, but got {d_mul!r}')
+        return D_MUL_RULES[d_mul](kernel_h, kernel_w)
     if not isinstance(d_mul, numbers.Integral) or isinstance(d_mul, bool):
-        raise TypeError(f'D_mul must be an int, but got {d_mul!r} '
-                        f'of type {type(d_mul).__name__}')
+        raise TypeError(f'D_mul must be an int or a rule name, but got '
+                        f'{d_mul!r} of type {type(d_mul).__name__}')
     if d_mul < kernel_numel:
         raise ValueError(
             f'D_mul must be >= M*N = {kernel_numel} for a {kernel_h}x'
@@ -88,7 +104,10 @@ class DOConv2d(nn.Conv2d):
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation,
         groups, bias, padding_mode, device, dtype: As for ``nn.Conv2d``.
-        D_mul: Depth multiplier, ``>= M*N``; defaults to ``M*N``.
+        D_mul: Depth multiplier, ``>= M*N``, or a rule name of
+            :data:`D_MUL_RULES`; defaults to ``M*N``.
+        D_init: ``'identity'`` (D = I, the paper's choice) or ``'random'``
+            (He-normal D with fan-in ``M*N``; paper Table 7).
 
     Note:
         Fold DO-Conv layers (:func:`~mmdoconv.fold_doconv`) before fusing
@@ -113,7 +132,8 @@ class DOConv2d(nn.Conv2d):
                  padding_mode: str = 'zeros',
                  device=None,
                  dtype=None,
-                 D_mul: Optional[int] = None) -> None:
+                 D_mul: Union[None, int, str] = None,
+                 D_init: str = 'identity') -> None:
         # Checks nn.Conv2d leaves to the first forward (or never makes).
         for name, value in (('in_channels', in_channels), ('out_channels',
                                                            out_channels)):
@@ -123,6 +143,10 @@ class DOConv2d(nn.Conv2d):
         _check_positive_pair('stride', stride)
         _check_positive_pair('dilation', dilation)
         d_mul = resolve_d_mul(D_mul, kernel_size)
+        if D_init not in D_INITS:
+            raise ValueError(
+                f'D_init must be one of {D_INITS}, but got {D_init!r}')
+        self.D_init = D_init
         super().__init__(in_channels, out_channels, kernel_size, stride,
                          padding, dilation, groups, bias, padding_mode,
                          device, dtype)
@@ -152,11 +176,19 @@ class DOConv2d(nn.Conv2d):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initialise W and bias as nn.Conv2d does, and D - I to zero."""
+        """Initialise W and bias as nn.Conv2d does, and D (stored as D - I)."""
         super().reset_parameters()
         # nn.Conv2d.__init__ calls this before D exists.
-        if getattr(self, 'D', None) is not None:
+        if getattr(self, 'D', None) is None:
+            return
+        if self.D_init == 'identity':
             nn.init.zeros_(self.D)
+            return
+        # He-normal D: each output of the depthwise kernel sums M*N inputs.
+        with torch.no_grad():
+            kernel_numel = self.D.shape[1]
+            self.D.normal_(0.0, (2.0 / kernel_numel)**0.5)
+            self.D.sub_(self._identity)
 
     @property
     def is_folded(self) -> bool:
@@ -287,7 +319,8 @@ class DOConv2d(nn.Conv2d):
     def extra_repr(self) -> str:
         text = super().extra_repr()
         if self.D is not None:
-            return text + f', D_mul={self.D_mul}'
+            init = '' if self.D_init == 'identity' else ', D_init=random'
+            return text + f', D_mul={self.D_mul}{init}'
         if self.kernel_size != (1, 1):
             return text + ', folded'
         return text

@@ -10,10 +10,12 @@ two ways (paper Tables 4-5):
 ``init_cfg=dict(type='PretrainedDOConv', checkpoint=..., prefix='backbone.')``
 does both: it folds the checkpoint when the module it initialises has no
 DO-Conv layer, and loads D and W otherwise.  A plain checkpoint loads into
-either (a missing D means D = I).
+either (a missing D means D = I).  mmpretrain's ResNetV1c stem keys are
+renamed to mmseg's layout on the way.
 """
 import logging
-from typing import Optional
+import re
+from typing import Dict, Optional
 
 from mmengine.logging import print_log
 from mmengine.model.weight_init import PretrainedInit, update_init_info
@@ -24,6 +26,31 @@ from torch import nn
 from .checkpoint import load_checkpoint_file
 from .doconv import DOConv2d
 from .fold import fold_state_dict
+
+
+_CONV_MODULE_STEM = re.compile(r'^stem\.(\d+)\.(conv|bn)\.(.+)$')
+
+
+def align_stem_keys(state_dict: Dict, target_keys) -> Dict:
+    """Rename a deep stem's keys between mmpretrain's and mmdet/mmseg's layout.
+
+    mmpretrain's ResNetV1c builds its stem from ConvModules
+    (``stem.<i>.conv`` / ``stem.<i>.bn``); mmdet's and mmseg's build a flat
+    Sequential of conv, norm, ReLU (``stem.<3i>`` / ``stem.<3i+1>``).  Keys
+    are renamed only when the target has the renamed key and not the
+    original one.
+    """
+    target_keys = set(target_keys)
+    aligned = {}
+    for key, value in state_dict.items():
+        match = _CONV_MODULE_STEM.match(key)
+        if match and key not in target_keys:
+            index, kind, rest = match.groups()
+            flat = f'stem.{3 * int(index) + (kind == "bn")}.{rest}'
+            if flat in target_keys:
+                key = flat
+        aligned[key] = value
+    return aligned
 
 
 @WEIGHT_INITIALIZERS.register_module(name='PretrainedDOConv')
@@ -64,6 +91,7 @@ class PretrainedDOConvInit(PretrainedInit):
         fold = (not has_doconv) if self.fold == 'auto' else self.fold
         if fold:
             state_dict = fold_state_dict(state_dict)
+        state_dict = align_stem_keys(state_dict, module.state_dict().keys())
         print_log(
             f'load {"folded " if fold else ""}{self.prefix or ""} weights '
             f'from {self.checkpoint}', 'current', logging.INFO)

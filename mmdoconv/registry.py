@@ -4,7 +4,7 @@ Child registries (mmdet, mmseg, mmpretrain) look names up in their parent, so
 ``conv_cfg=dict(type='DOConv')`` works in every OpenMMLab scope once
 ``mmdoconv`` is imported (e.g. through ``custom_imports``).
 """
-from typing import Optional, Union
+from typing import Union
 
 from mmengine.registry import MODELS
 from torch import nn
@@ -17,7 +17,8 @@ def build_doconv(in_channels: int,
                  out_channels: int,
                  kernel_size: Union[int, tuple],
                  *args,
-                 D_mul: Optional[int] = None,
+                 D_mul: Union[None, int, str] = None,
+                 D_init: str = 'identity',
                  **kwargs) -> nn.Conv2d:
     """Build the layer behind ``conv_cfg=dict(type='DOConv', ...)``.
 
@@ -29,8 +30,10 @@ def build_doconv(in_channels: int,
     Args:
         in_channels, out_channels, kernel_size, *args, **kwargs: As for
             ``nn.Conv2d``.
-        D_mul: Depth multiplier, ``>= M*N`` (default ``M*N``); checked but
-            unused for 1x1 kernels.
+        D_mul: Depth multiplier, ``>= M*N`` (default ``M*N``), or a rule name
+            (see :func:`~mmdoconv.doconv.resolve_d_mul`); checked but unused
+            for 1x1 kernels.
+        D_init: ``'identity'`` or ``'random'`` (see :class:`DOConv2d`).
 
     Returns:
         A :class:`DOConv2d`, or an ``nn.Conv2d`` for a 1x1 kernel.
@@ -40,7 +43,8 @@ def build_doconv(in_channels: int,
         return nn.Conv2d(in_channels, out_channels, kernel_size, *args,
                          **kwargs)
     return DOConv2d(
-        in_channels, out_channels, kernel_size, *args, D_mul=D_mul, **kwargs)
+        in_channels, out_channels, kernel_size, *args, D_mul=D_mul,
+        D_init=D_init, **kwargs)
 
 
 MODELS.register_module(name='DOConv', module=build_doconv)

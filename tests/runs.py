@@ -121,3 +121,29 @@ def segmentation_options(dataset: str, root: str, crop=(64, 128),
         options[f'{split}_dataloader.num_workers'] = 0
         options[f'{split}_dataloader.persistent_workers'] = False
     return options
+
+
+def classification_options(imagenet_root: str, size: int = 32,
+                           batch_size: int = 4) -> Dict:
+    """cfg-options that run mmpretrain's ImageNet ResNet configs on the
+    synthetic ImageNet folders for one short epoch at ``size`` pixels."""
+    root = imagenet_root.rstrip('/')
+    options = {
+        'train_dataloader.dataset.data_root': root,
+        'train_dataloader.dataset.pipeline.1.scale': size,
+        'train_dataloader.batch_size': batch_size,
+        'train_cfg.max_epochs': 1,
+        'randomness.seed': 0,
+        'default_hooks.logger.interval': 1,
+    }
+    for split in ('val', 'test'):
+        options.update({
+            f'{split}_dataloader.dataset.data_root': root,
+            f'{split}_dataloader.dataset.pipeline.1.scale': size + size // 8,
+            f'{split}_dataloader.dataset.pipeline.2.crop_size': size,
+            f'{split}_dataloader.batch_size': batch_size,
+        })
+    for split in ('train', 'val', 'test'):
+        options[f'{split}_dataloader.num_workers'] = 0
+        options[f'{split}_dataloader.persistent_workers'] = False
+    return options

@@ -357,3 +357,29 @@ def test_bad_arguments(kwargs, error, match):
 def test_bad_channels(in_channels, out_channels):
     with pytest.raises(ValueError, match='channels must be a positive int'):
         DOConv2d(in_channels, out_channels, 3)
+
+
+@pytest.mark.parametrize('rule,kernel,expected', [
+    ('M*N', 3, 9), ('(M+2)*(N+2)', 3, 25), ('(2M)*(2N)', 3, 36),
+    ('(M+2)*(N+2)', 7, 81), ('(2M)*(2N)', (1, 3), 12),
+])
+def test_d_mul_rules_of_table_8(rule, kernel, expected):
+    layer = DOConv2d(4, 4, kernel, D_mul=rule)
+    assert layer.D_mul == expected
+
+
+def test_unknown_d_mul_rule():
+    with pytest.raises(ValueError, match=r"D_mul rule .* got '3M'"):
+        DOConv2d(4, 4, 3, D_mul='3M')
+
+
+def test_random_d_init_of_table_7():
+    torch.manual_seed(0)
+    layer = DOConv2d(64, 64, 3, D_init='random')
+    d_full = layer.D.detach() + torch.eye(9)
+    # He-normal with fan-in M*N: std sqrt(2/9).
+    assert d_full.std().item() == pytest.approx((2 / 9)**0.5, rel=0.05)
+    assert d_full.mean().abs().item() < 0.02
+    assert 'D_init=random' in repr(layer)
+    with pytest.raises(ValueError, match="D_init must be one of .* 'he'"):
+        DOConv2d(4, 4, 3, D_init='he')

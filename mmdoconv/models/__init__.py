@@ -1,8 +1,5 @@
 """OpenMMLab modules that need a DO-Conv-aware variant.
 
-Imported by :mod:`mmdoconv` only when mmdet is installed, so the layer and
-folding work without it.
+:mod:`mmdoconv` imports each only when its library (mmdet, mmpretrain) is
+installed, so the layer and folding work without them.
 """
-from .rpn_head import DOConvRPNHead
-
-__all__ = ['DOConvRPNHead']
