@@ -55,6 +55,43 @@ def doconv_identity(kernel_numel: int,
     return torch.cat(blocks, dim=1)
 
 
+class _ComposeKernel(torch.autograd.Function):
+    """``W'[g, o, c, s] = sum_d W[g, o, c, d] * D[g, c, s, d]`` with fast GEMMs.
+
+    The composition is one small GEMM per input channel ``(o, d) @ (d, s)``.
+    Written as an einsum, PyTorch batches it as ``(s, d) @ (d, o)``, which
+    runs several times slower on CPU, and its gradient for W comes back as a
+    transposed view that AccumulateGrad and the optimizer then walk with
+    strided loops.  Here each GEMM is batched over input channels with ``o``
+    as rows, and the one layout change each way is an explicit copy into the
+    ``(o, c, s)`` layout that conv2d and the optimizer want (conv2d would
+    otherwise copy a strided kernel itself, more slowly).  Profiled on the
+    512-channel 3x3 layer: forward + backward 13 ms -> about 5 ms on 2 CPU
+    threads (README, Performance).
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, d_full: Tensor) -> Tensor:
+        # weight: (g, o, c, d); d_full: (g, c, s, d)
+        ctx.save_for_backward(weight, d_full)
+        per_channel = torch.matmul(weight.transpose(1, 2),
+                                   d_full.transpose(2, 3))  # (g, c, o, s)
+        return per_channel.transpose(1, 2).contiguous()  # (g, o, c, s)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        weight, d_full = ctx.saved_tensors
+        grad_per_channel = grad.transpose(1, 2)  # (g, c, o, s), a view
+        grad_weight = grad_d = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = torch.matmul(grad_per_channel, d_full).transpose(
+                1, 2).contiguous()  # (g, o, c, d), laid out like weight
+        if ctx.needs_input_grad[1]:
+            grad_d = torch.matmul(grad_per_channel.transpose(2, 3),
+                                  weight.transpose(1, 2))  # (g, c, s, d)
+        return grad_weight, grad_d
+
+
 def compose_kernel(weight: Tensor, d_minus_identity: Tensor,
                    identity: Tensor, kernel_size: Tuple[int, int],
                    groups: int) -> Tensor:
@@ -71,16 +108,20 @@ def compose_kernel(weight: Tensor, d_minus_identity: Tensor,
             belongs to group ``g`` and owns row ``g*C_in/groups + c`` of ``D``.
 
     Returns:
-        The composed kernel ``W'``, shape ``(C_out, C_in/groups, M, N)``.
+        The composed kernel ``W'``, contiguous, shape
+        ``(C_out, C_in/groups, M, N)``.
     """
     out_channels, in_per_group = weight.shape[:2]
     kernel_h, kernel_w = kernel_size
+    # D + I is C_in*(M*N)*D_mul numbers, far fewer than W's C_out*C_in*M*N:
+    # materialising it is cheaper than adding D's product to W.
     d_full = d_minus_identity + identity  # broadcast over input channels
     d_mul = d_full.shape[-1]
     # Split both kernels by group so each output channel meets exactly the D
     # matrices of the input channels it reads.
-    d_grouped = d_full.reshape(groups, in_per_group, kernel_h * kernel_w, d_mul)
+    d_grouped = d_full.reshape(groups, in_per_group, kernel_h * kernel_w,
+                               d_mul)
     w_grouped = weight.reshape(groups, out_channels // groups, in_per_group,
                                d_mul)
-    composed = torch.einsum('gcsd,gocd->gocs', d_grouped, w_grouped)
+    composed = _ComposeKernel.apply(w_grouped, d_grouped)
     return composed.reshape(out_channels, in_per_group, kernel_h, kernel_w)

@@ -1,0 +1,191 @@
+"""Layer- and model-level timing of DO-Conv against plain convolution.
+
+Every measurement is a ratio taken in one run with the variants interleaved
+(A B C A B C ...), so a machine that drifts (turbo, other load) biases no
+variant; each time is the median over repeats after warm-up.
+"""
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .doconv import DOConv2d
+
+LAYER_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
+
+
+class AnchorDOConv2d(nn.Conv2d):
+    """The public reference layer's arithmetic, as a timing anchor.
+
+    Recomposes ``W'`` on every forward, in eval too: adds a stored identity
+    to D, reshapes W to ``(C_out/groups, C_in, D_mul)`` and runs an einsum.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: int, **kwargs) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, **kwargs)
+        m, n = self.kernel_size
+        self.D = nn.Parameter(torch.zeros(in_channels, m * n, m * n))
+        self.register_buffer(
+            'd_diag', torch.eye(m * n).repeat(in_channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        m, n = self.kernel_size
+        d = self.D + self.d_diag
+        w = self.weight.reshape(self.out_channels // self.groups,
+                                self.in_channels, m * n)
+        kernel = torch.einsum('ims,ois->oim', d, w).reshape(self.weight.shape)
+        return self._conv_forward(x, kernel, self.bias)
+
+
+def machine_info() -> Dict[str, str]:
+    """CPU model, threads, torch version and device of this run."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    cpu = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
+              else 'cpu')
+    return dict(cpu=cpu, cpu_count=str(os.cpu_count()),
+                torch_threads=str(torch.get_num_threads()),
+                torch=torch.__version__, device=device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> Optional[float]:
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return None
+
+
+def interleaved_medians(steps: Dict[str, Callable[[], None]], repeats: int,
+                        warmup: int, device: torch.device
+                        ) -> Dict[str, Dict[str, Optional[float]]]:
+    """Median seconds (and peak memory on CUDA) of each step, interleaved."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    _sync(device)
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    peaks: Dict[str, Optional[float]] = {}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            if device.type == 'cuda':
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+            peak = _peak_memory_mb(device)
+            if peak is not None:
+                peaks[name] = max(peak, peaks.get(name) or 0.0)
+    return {name: dict(seconds=statistics.median(values),
+                       peak_mb=peaks.get(name))
+            for name, values in times.items()}
+
+
+@dataclass
+class LayerResult:
+    channels: int
+    size: int
+    batch: int
+    train: Dict[str, Dict] = field(default_factory=dict)
+    eval: Dict[str, Dict] = field(default_factory=dict)
+
+
+def _layers(channels: int, device: torch.device) -> Dict[str, nn.Module]:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+    doconv = DOConv2d(channels, channels, 3, padding=1, bias=False)
+    with torch.no_grad():
+        doconv.D.normal_(std=0.01)
+    anchor = AnchorDOConv2d(channels, channels, 3, padding=1, bias=False)
+    layers = dict(conv=conv, doconv=doconv, folded=doconv.fold(),
+                  anchor=anchor)
+    return {name: layer.to(device) for name, layer in layers.items()}
+
+
+def benchmark_layer(channels: int, size: int, batch: int = 8,
+                    repeats: int = 10, warmup: int = 3,
+                    device: str = 'cpu') -> LayerResult:
+    """Train-step and eval-forward times of the four layer variants."""
+    device = torch.device(device)
+    layers = _layers(channels, device)
+    x = torch.randn(batch, channels, size, size, device=device)
+    grad = torch.randn(batch, channels, size, size, device=device)
+
+    def train_step(layer: nn.Module) -> Callable[[], None]:
+        layer.train()
+
+        def step() -> None:
+            layer.zero_grad(set_to_none=True)
+            layer(x).backward(grad)
+        return step
+
+    def eval_step(layer: nn.Module) -> Callable[[], None]:
+
+        def step() -> None:
+            with torch.no_grad():
+                layer(x)
+        return step
+
+    result = LayerResult(channels, size, batch)
+    result.train = interleaved_medians(
+        {n: train_step(l) for n, l in layers.items() if n != 'folded'},
+        repeats, warmup, device)
+    for layer in layers.values():
+        layer.eval()
+    result.eval = interleaved_medians(
+        {n: eval_step(l) for n, l in layers.items()}, repeats, warmup, device)
+    return result
+
+
+def layer_table(results: Sequence[LayerResult]) -> str:
+    """A markdown table: times in ms and ratios against nn.Conv2d."""
+    lines = [
+        '| C_in=C_out, map | train: conv ms | doconv (ratio) | anchor '
+        '(ratio) | eval: conv ms | doconv (ratio) | folded (ratio) | anchor '
+        '(ratio) |', '|---|---|---|---|---|---|---|---|'
+    ]
+
+    def cell(stage: Dict, name: str) -> str:
+        ratio = stage[name]['seconds'] / stage['conv']['seconds']
+        return f'{stage[name]["seconds"] * 1e3:.2f} ({ratio:.2f})'
+
+    for r in results:
+        lines.append(
+            f'| {r.channels}, {r.size}×{r.size} | '
+            f'{r.train["conv"]["seconds"] * 1e3:.2f} | '
+            f'{cell(r.train, "doconv")} | {cell(r.train, "anchor")} | '
+            f'{r.eval["conv"]["seconds"] * 1e3:.2f} | '
+            f'{cell(r.eval, "doconv")} | {cell(r.eval, "folded")} | '
+            f'{cell(r.eval, "anchor")} |')
+    return '\n'.join(lines)
+
+
+def write_json(path: str, payload: Dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def encode(value):
+        if isinstance(value, LayerResult):
+            return asdict(value)
+        raise TypeError(type(value))
+
+    with open(path, 'w') as f:
+        json.dump(payload, f, indent=2, default=encode)

@@ -1,0 +1,29 @@
+"""tools/benchmark.py runs and writes valid JSON (timings are never asserted)."""
+import json
+
+from runs import run_tool
+
+
+def test_benchmark_tool_writes_json(tmp_path):
+    out = tmp_path / 'bench.json'
+    result = run_tool('tools/benchmark.py', '--shapes', '8x6', '16x5',
+                      '--repeats', '2', '--warmup', '1', '--out', str(out))
+    assert '| 8, 6×6 |' in result.stdout and 'machine: cpu=' in result.stdout
+    payload = json.loads(out.read_text())
+    assert set(payload) == {'machine', 'layers', 'models'}
+    assert [(l['channels'], l['size']) for l in payload['layers']] == [
+        (8, 6), (16, 5)]
+    for layer in payload['layers']:
+        assert set(layer['train']) == {'conv', 'doconv', 'anchor'}
+        assert set(layer['eval']) == {'conv', 'doconv', 'folded', 'anchor'}
+        assert all(v['seconds'] > 0 for v in layer['eval'].values())
+
+
+def test_benchmark_rejects_bad_shape(tmp_path):
+    import subprocess
+    import sys
+    from runs import ROOT
+    result = subprocess.run(
+        [sys.executable, 'tools/benchmark.py', '--shapes', '64by7'], cwd=ROOT,
+        capture_output=True, text=True)
+    assert result.returncode == 2 and "got '64by7'" in result.stderr

@@ -1,0 +1,73 @@
+"""Benchmark DO-Conv against plain convolution, as ratios measured in one run.
+
+    python tools/benchmark.py                      # layer level, 4 shapes
+    python tools/benchmark.py --shapes 256x14 --repeats 20
+    python tools/benchmark.py --models det seg     # + model level
+
+Variants are interleaved (A B A B ...) and each time is the median after
+warm-up.  Prints markdown tables and the machine; writes JSON (--out).
+"""
+import argparse
+
+import torch
+
+import mmdoconv  # noqa: F401
+from mmdoconv.benchmark import (LAYER_SHAPES, benchmark_layer, layer_table,
+                                machine_info, write_json)
+
+
+def parse_shape(text: str):
+    try:
+        channels, size = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'a shape is CHANNELSxSIZE, e.g. 256x14, but got {text!r}')
+    if channels <= 0 or size <= 0:
+        raise argparse.ArgumentTypeError(f'shape must be positive: {text!r}')
+    return channels, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--shapes', nargs='+', type=parse_shape,
+                        default=list(LAYER_SHAPES),
+                        help='layer shapes CHANNELSxSIZE (3x3, stride 1)')
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--models', nargs='*', default=[],
+                        choices=['det', 'seg'],
+                        help='also time Faster R-CNN / DeepLabv3 models')
+    parser.add_argument('--model-repeats', type=int, default=5)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
+                        else 'cpu')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--out', default='work_dirs/benchmark.json')
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine = machine_info()
+    print('machine: ' + ', '.join(f'{k}={v}' for k, v in machine.items()))
+    layers = []
+    for index, (channels, size) in enumerate(args.shapes, 1):
+        print(f'[{index}/{len(args.shapes)}] layer {channels}@{size}x{size}',
+              flush=True)
+        layers.append(benchmark_layer(channels, size, args.batch,
+                                      args.repeats, args.warmup, args.device))
+    print('\nLayer level (3x3, stride 1, batch %d, median of %d):\n'
+          % (args.batch, args.repeats))
+    print(layer_table(layers))
+    payload = dict(machine=machine, layers=layers, models=[])
+    if args.models:
+        from mmdoconv.benchmark_models import benchmark_models, model_table
+        payload['models'] = benchmark_models(args.models, args.model_repeats,
+                                             args.device)
+        print('\nModel level (batch 2, 512x512):\n')
+        print(model_table(payload['models']))
+    write_json(args.out, payload)
+    print(f'\nwrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()
