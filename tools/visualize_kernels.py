@@ -1,0 +1,40 @@
+"""Draw how D changed each kernel position of a trained DO-Conv model
+(paper Figure 6: H_mn = sum_i |W'_imn - W_imn|, one normalised map per layer).
+
+    python tools/visualize_kernels.py CONFIG CHECKPOINT OUT.png [--prefix backbone.layer1]
+"""
+import argparse
+
+from mmengine.registry import MODELS
+from mmengine.runner import load_checkpoint
+
+import mmdoconv  # noqa: F401
+from mmdoconv.tooling import DictAction, import_scope, load_config
+from mmdoconv.visualization import kernel_change_maps, plot_kernel_maps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', help='the DO-Conv config')
+    parser.add_argument('checkpoint', help='a DO-Conv checkpoint (not folded)')
+    parser.add_argument('out', help='output PNG')
+    parser.add_argument('--prefix', default='backbone.layer1',
+                        help='draw layers whose name starts with this')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = parser.parse_args()
+    if not args.out.endswith('.png'):
+        parser.error(f'OUT must be a .png file, but got {args.out!r}')
+    cfg = load_config(args.config, args.cfg_options)
+    import_scope(cfg)
+    model = MODELS.build(cfg.model)
+    load_checkpoint(model, args.checkpoint, map_location='cpu', strict=True)
+    maps = kernel_change_maps(model, args.prefix)
+    if not maps:
+        raise SystemExit(f'no DO-Conv layer named {args.prefix}*: is '
+                         f'{args.checkpoint} a DO-Conv checkpoint?')
+    print(plot_kernel_maps(maps, args.out,
+                           title=f'{args.prefix}: H_mn = Σ|W\'−W| per layer'))
+
+
+if __name__ == '__main__':
+    main()
