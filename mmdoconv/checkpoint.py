@@ -110,17 +110,13 @@ def load_checkpoint_file(filename: str,
             f'Reason: {reason}') from None
 
 
-def _load_from_local(filename: str, map_location) -> Dict:
-    return load_checkpoint_file(filename, map_location)
-
-
 def register_safe_loader() -> None:
     """Make mmengine's loader of local files use :func:`load_checkpoint_file`.
 
     Registered through mmengine's own ``CheckpointLoader.register_scheme``,
     so ``load_from``, ``resume`` and ``load_checkpoint`` all get it.
     """
-    CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local,
+    CheckpointLoader.register_scheme(prefixes='', loader=load_checkpoint_file,
                                      force=True)
 
 

@@ -6,14 +6,21 @@ library's modules when the Runner first builds something.
 """
 import importlib
 import os.path as osp
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from mmengine.config import Config, DictAction
 
 KNOWN_SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
 __all__ = ['DictAction', 'load_config', 'import_scope', 'default_work_dir',
-           'add_hook_once']
+           'add_hook_once', 'prepare_run_config', 'require_file',
+           'cfg_options_args']
+
+
+def require_file(path: Optional[str], what: str) -> None:
+    """Raise FileNotFoundError naming ``what`` unless ``path`` is a file."""
+    if path is not None and not osp.isfile(path):
+        raise FileNotFoundError(f'{what} {path!r} does not exist')
 
 
 def load_config(path: str,
@@ -53,6 +60,35 @@ def default_work_dir(config_path: str) -> str:
     """OpenMMLab's default: ``./work_dirs/<config name>``."""
     return osp.join('./work_dirs',
                     osp.splitext(osp.basename(config_path))[0])
+
+
+def prepare_run_config(config_path: str, cfg_options: Optional[Dict],
+                       launcher: str, work_dir: Optional[str]) -> Config:
+    """What tools/train.py and tools/test.py do before building a Runner:
+    read the config, register its scope, set launcher (gloo on a machine
+    without GPUs) and work_dir (OpenMMLab's default when not given)."""
+    from .dist import use_cpu_distributed
+    cfg = load_config(config_path, cfg_options)
+    import_scope(cfg)
+    cfg.launcher = launcher
+    use_cpu_distributed(cfg)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = default_work_dir(config_path)
+    return cfg
+
+
+def cfg_options_args(options: Dict[str, Any]) -> List[str]:
+    """``--cfg-options key=value ...`` arguments that DictAction parses
+    back into ``options`` (tuples and lists included)."""
+    args = ['--cfg-options']
+    for key, value in options.items():
+        if isinstance(value, (tuple, list)):
+            inner = ','.join(str(v) for v in value)
+            value = f'({inner})' if isinstance(value, tuple) else f'[{inner}]'
+        args.append(f'{key}={value}')
+    return args
 
 
 def add_hook_once(cfg: Config, hook: Dict[str, Any]) -> None:

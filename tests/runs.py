@@ -47,12 +47,8 @@ def detection_options(coco_root: str, train_images: int = 4,
 
 def as_cli(options: Dict) -> List[str]:
     """``--cfg-options k=v ...`` arguments for the tools."""
-    args = ['--cfg-options']
-    for key, value in options.items():
-        if isinstance(value, tuple):
-            value = '(' + ','.join(str(v) for v in value) + ')'
-        args.append(f'{key}={value}')
-    return args
+    from mmdoconv.tooling import cfg_options_args
+    return cfg_options_args(options)
 
 
 def run_tool(*args: str, env_extra: Dict = None,

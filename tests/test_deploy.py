@@ -1,9 +1,7 @@
 """Deploy path: fold_checkpoint.py, plain configs, test.py --deploy, ONNX."""
-import os
 import os.path as osp
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch

@@ -2,7 +2,6 @@
 import re
 
 import pytest
-import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, DefaultScope
 from mmengine.runner import Runner

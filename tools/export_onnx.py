@@ -6,7 +6,6 @@ The graph takes the preprocessed batch (see mmdoconv.export for what each
 kind of model exports).  Prints the max |PyTorch - onnxruntime| difference.
 """
 import argparse
-import os.path as osp
 
 import torch
 from mmengine.registry import MODELS
@@ -15,7 +14,8 @@ from mmengine.runner import load_checkpoint
 import mmdoconv  # noqa: F401
 from mmdoconv.export import (dummy_inputs, export_onnx, max_abs_difference,
                              node_histogram)
-from mmdoconv.tooling import DictAction, import_scope, load_config
+from mmdoconv.tooling import (DictAction, import_scope, load_config,
+                              require_file)
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,9 +50,8 @@ def main() -> None:
     args = parse_args()
     if not args.out.endswith('.onnx'):
         raise ValueError(f'OUT must end with .onnx, but got {args.out!r}')
-    for path in (args.checkpoint, args.image):
-        if path is not None and not osp.isfile(path):
-            raise FileNotFoundError(f'{path!r} does not exist')
+    require_file(args.checkpoint, 'checkpoint')
+    require_file(args.image, '--image')
     cfg = load_config(args.config, args.cfg_options)
     import_scope(cfg)
     model = MODELS.build(cfg.model)

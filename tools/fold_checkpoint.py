@@ -10,7 +10,7 @@ import argparse
 import os.path as osp
 
 from mmdoconv.deploy import fold_checkpoint
-from mmdoconv.tooling import DictAction, load_config
+from mmdoconv.tooling import DictAction, load_config, require_file
 
 
 def parse_args() -> argparse.Namespace:
@@ -28,9 +28,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(
-            f'checkpoint {args.checkpoint!r} does not exist')
+    require_file(args.checkpoint, 'checkpoint')
     cfg = load_config(args.config, args.cfg_options)
     name = osp.splitext(osp.basename(args.config))[0]
     checkpoint, config = fold_checkpoint(cfg, args.checkpoint, args.out_dir,

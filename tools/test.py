@@ -6,16 +6,14 @@ metric is the deployed plain-conv model's.
 """
 import argparse
 import os
-import os.path as osp
 
 from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdoconv  # noqa: F401
-from mmdoconv.dist import use_cpu_distributed
-from mmdoconv.tooling import (DictAction, add_hook_once, default_work_dir,
-                              import_scope, load_config)
+from mmdoconv.tooling import (DictAction, add_hook_once, prepare_run_config,
+                              require_file)
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,17 +67,9 @@ def trigger_visualization_hook(cfg, args) -> None:
 
 def main() -> None:
     args = parse_args()
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(
-            f'checkpoint {args.checkpoint!r} does not exist')
-    cfg = load_config(args.config, args.cfg_options)
-    import_scope(cfg)
-    cfg.launcher = args.launcher
-    use_cpu_distributed(cfg)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = default_work_dir(args.config)
+    require_file(args.checkpoint, 'checkpoint')
+    cfg = prepare_run_config(args.config, args.cfg_options, args.launcher,
+                             args.work_dir)
     cfg.load_from = args.checkpoint
     if args.deploy:
         add_hook_once(cfg, dict(type='DOConvFoldHook'))

@@ -5,16 +5,13 @@ DOConv, the fold hook and torch >= 2.6-safe checkpoint loading.
 """
 import argparse
 import os
-import os.path as osp
 
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdoconv  # noqa: F401
-from mmdoconv.dist import use_cpu_distributed
 from mmdoconv.amp import enable_amp
-from mmdoconv.tooling import (DictAction, default_work_dir, import_scope,
-                              load_config)
+from mmdoconv.tooling import DictAction, prepare_run_config, require_file
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,14 +44,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    import_scope(cfg)
-    cfg.launcher = args.launcher
-    use_cpu_distributed(cfg)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = default_work_dir(args.config)
+    cfg = prepare_run_config(args.config, args.cfg_options, args.launcher,
+                             args.work_dir)
     if args.amp:
         enable_amp(cfg)
     if args.auto_scale_lr:
@@ -67,9 +58,7 @@ def main() -> None:
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
-        if not osp.isfile(args.resume):
-            raise FileNotFoundError(
-                f'--resume checkpoint {args.resume!r} does not exist')
+        require_file(args.resume, '--resume checkpoint')
         cfg.resume = True
         cfg.load_from = args.resume
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \

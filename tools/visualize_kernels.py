@@ -32,6 +32,10 @@ def main() -> None:
     if not maps:
         raise SystemExit(f'no DO-Conv layer named {args.prefix}*: is '
                          f'{args.checkpoint} a DO-Conv checkpoint?')
+    if all(heat.max() == 0 for heat in maps.values()):
+        raise SystemExit(f'D of every {args.prefix}* layer is still the '
+                         'identity, so there is nothing to draw: was this '
+                         'stage frozen (frozen_stages) or not trained yet?')
     print(plot_kernel_maps(maps, args.out,
                            title=f'{args.prefix}: H_mn = Σ|W\'−W| per layer'))
 

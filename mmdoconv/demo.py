@@ -1,0 +1,213 @@
+"""The end-to-end demo behind ``make demo`` (see tools/demo.py).
+
+Everything runs through the project's own configs and tools, in subprocesses
+so that mmengine's iteration log streams underneath the phase lines.  Model
+and input sizes are reduced through ``--cfg-options`` (printed at the start)
+so the whole demo fits in about 10 minutes on a 2-core CPU.
+"""
+import os
+import os.path as osp
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# Lines of the tools' output shown under the phase lines.
+_SHOWN = re.compile(r'Epoch\((train|val|test)\)|Iter\((train|val|test)\)|'
+                    r'folded \d+ DO-Conv|^ONNX nodes|max \|PyTorch')
+
+
+@dataclass
+class DemoModel:
+    """One model pair of the demo and how to run it small."""
+    key: str
+    label: str
+    scope: str
+    metric: str
+    baseline: str
+    doconv: str
+    reductions: str
+    kernel_prefix: str
+    export_shape: tuple
+    options: Dict = field(default_factory=dict)
+
+
+def detection(data_dir: str, quick: bool) -> DemoModel:
+    root = osp.join(data_dir, 'coco') + '/'
+    epochs = 1 if quick else 3
+    options = {
+        'model.backbone.init_cfg': None,
+        'model.backbone.depth': 18,
+        'model.neck.in_channels': [64, 128, 256, 512],
+        # The RoI stage dominates a CPU step: sample and keep fewer boxes.
+        'model.roi_head.bbox_head.fc_out_channels': 256,
+        'model.train_cfg.rpn.sampler.num': 64,
+        'model.train_cfg.rpn_proposal.nms_pre': 600,
+        'model.train_cfg.rpn_proposal.max_per_img': 300,
+        'model.train_cfg.rcnn.sampler.num': 128,
+        'model.test_cfg.rpn.nms_pre': 600,
+        'model.test_cfg.rpn.max_per_img': 300,
+        'model.test_cfg.rcnn.score_thr': 0.0,
+        'train_dataloader.batch_size': 2 if quick else 4,
+        'train_dataloader.dataset.data_root': root,
+        'train_dataloader.dataset.pipeline.2.scale': (320, 256),
+        'train_cfg.max_epochs': epochs,
+        'train_cfg.val_interval': epochs,
+        'param_scheduler.0.end': 20,
+        # No step decay inside so short a run: warm up, then constant LR.
+        'param_scheduler.1.milestones': [epochs + 1],
+        'default_hooks.logger.interval': 4,
+        'randomness.seed': 0,
+    }
+    if quick:
+        options['train_dataloader.dataset.indices'] = 2
+    for split in ('val', 'test'):
+        options.update({
+            f'{split}_dataloader.dataset.data_root': root,
+            f'{split}_dataloader.dataset.pipeline.1.scale': (320, 256),
+            f'{split}_evaluator.ann_file':
+            root + 'annotations/instances_val2017.json',
+        })
+        if quick:
+            options[f'{split}_dataloader.dataset.indices'] = 2
+    _no_workers(options)
+    return DemoModel(
+        key='faster_rcnn', label='Faster R-CNN', scope='mmdet',
+        metric='coco/bbox_mAP',
+        baseline='configs/faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+        doconv='configs/faster_rcnn/faster-rcnn_r50-doconv-task_fpn_1x_coco.py',
+        reductions=(f'ResNet-18 instead of ResNet-50 (FPN inputs 64..512), '
+                    'RoI head FC 256 wide, 64 RPN / 128 RoI samples, 300 '
+                    f'proposals, images 320x256, batch '
+                    f'{options["train_dataloader.batch_size"]}, '
+                    f'{epochs} epochs of the synthetic COCO set from scratch '
+                    '(no ImageNet weights here), warm-up 20 iterations then '
+                    'constant LR, '
+                    'all boxes kept at test time (score_thr 0)'),
+        # mmdet's Faster R-CNN freezes the stem and layer1 (frozen_stages=1):
+        # their D never trains, so draw the first trained stage.
+        kernel_prefix='backbone.layer2', export_shape=(256, 320),
+        options=options)
+
+
+def segmentation(data_dir: str, quick: bool) -> DemoModel:
+    root = osp.join(data_dir, 'cityscapes') + '/'
+    iters = 2 if quick else 120
+    crop = (128, 256)
+    options = {
+        'model.pretrained': None,
+        'model.backbone.depth': 18,
+        'model.decode_head.in_channels': 512,
+        'model.decode_head.channels': 128,
+        'model.auxiliary_head.in_channels': 256,
+        'model.auxiliary_head.channels': 64,
+        'model.data_preprocessor.size': crop,
+        'train_dataloader.dataset.data_root': root,
+        'train_dataloader.dataset.pipeline.2.scale': (512, 256),
+        'train_dataloader.dataset.pipeline.3.crop_size': crop,
+        'train_cfg.max_iters': iters,
+        'train_cfg.val_interval': iters,
+        'default_hooks.checkpoint.interval': iters,
+        'default_hooks.logger.interval': 10 if not quick else 1,
+        'randomness.seed': 0,
+    }
+    for split in ('val', 'test'):
+        options.update({
+            f'{split}_dataloader.dataset.data_root': root,
+            f'{split}_dataloader.dataset.pipeline.1.scale': (512, 256),
+        })
+        if quick:
+            options[f'{split}_dataloader.dataset.indices'] = 2
+    _no_workers(options)
+    return DemoModel(
+        key='deeplabv3', label='DeepLabv3', scope='mmseg', metric='mIoU',
+        baseline='configs/deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-'
+        '512x1024.py',
+        doconv='configs/deeplabv3/deeplabv3_r50-d8-doconv-task_4xb2-80k_'
+        'cityscapes-512x1024.py',
+        reductions=(f'ResNetV1c-18-D8 instead of R50-D8 (ASPP 128 and FCN 64 '
+                    f'channels), 256x512 images, 128x256 crops, batch 2, '
+                    f'{iters} iterations on the synthetic Cityscapes set '
+                    'from scratch'),
+        kernel_prefix='backbone.layer1', export_shape=(256, 512),
+        options=options)
+
+
+def _no_workers(options: Dict) -> None:
+    for split in ('train', 'val', 'test'):
+        options[f'{split}_dataloader.num_workers'] = 0
+        options[f'{split}_dataloader.persistent_workers'] = False
+
+
+class Progress:
+    """One line per phase with the elapsed time."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        print(f'[demo {elapsed:6.1f}s] {message}', flush=True)
+
+
+def run(args: List[str], log_path: str, echo: bool = True) -> str:
+    """Run a tool, stream its output (indented) and keep it in log_path."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
+               os.environ.get('PYTHONPATH', ''))
+    os.makedirs(osp.dirname(log_path), exist_ok=True)
+    lines = []
+    with subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as process, open(log_path, 'w') as log:
+        for line in process.stdout:
+            log.write(line)
+            lines.append(line)
+            if echo and _SHOWN.search(line):
+                # mmengine's message without its date and logger prefix.
+                print('    ' + line.rstrip().split(' - INFO - ')[-1],
+                      flush=True)
+    if process.returncode:
+        tail = ''.join(lines[-40:])
+        raise RuntimeError(f'{" ".join(args[:2])} failed (log: {log_path}):'
+                           f'\n{tail}')
+    return ''.join(lines)
+
+
+def metric_from_log(text: str, metric: str) -> Optional[float]:
+    values = re.findall(rf'{re.escape(metric)}: (-?[\d.]+)', text)
+    return float(values[-1]) if values else None
+
+
+def train_step_seconds(work_dir: str) -> float:
+    """Median logged iteration time of a training run."""
+    from .visualization import read_train_scalars
+    _, times = read_train_scalars(work_dir, 'time')
+    return statistics.median(times[1:] or times)
+
+
+def count_parameters(config: str, options: Dict, scope: str,
+                     fold: bool) -> int:
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope, MODELS
+    from .fold import fold_doconv
+    cfg = Config.fromfile(osp.join(ROOT, config))
+    cfg.merge_from_dict(options)
+    with DefaultScope.overwrite_default_scope(scope):
+        model = MODELS.build(cfg.model)
+    if fold:
+        fold_doconv(model)
+    return sum(p.numel() for p in model.parameters())
+
+
+def first_val_image(data_dir: str, key: str) -> str:
+    if key == 'faster_rcnn':
+        folder = osp.join(data_dir, 'coco', 'val2017')
+    else:
+        folder = osp.join(data_dir, 'cityscapes', 'leftImg8bit', 'val')
+    files = sorted(
+        osp.join(d, f) for d, _, names in os.walk(folder) for f in names)
+    return files[0]

@@ -1,0 +1,45 @@
+"""A shortened `make demo` (tools/demo.py --quick) and every artifact it writes."""
+import json
+import re
+
+import numpy as np
+from PIL import Image
+
+from runs import run_tool
+
+
+def _assert_png_has_content(path):
+    image = np.asarray(Image.open(path).convert('RGB'), dtype=np.float32)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    # Not blank: a plot has lines/colours, not one flat colour.
+    assert image.std() > 5, path
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20, path
+
+
+def test_quick_demo_writes_every_artifact(tmp_path):
+    work_dir, data_dir = tmp_path / 'demo', tmp_path / 'data'
+    result = run_tool('tools/demo.py', '--quick', '--work-dir', str(work_dir),
+                      '--data-dir', str(data_dir), timeout=900)
+    out = result.stdout
+    phases = re.findall(r'^\[demo +[\d.]+s\] (\d)/6', out, flags=re.M)
+    assert set(phases) == {'1', '2', '3', '4', '5', '6'}
+    assert 'ResNet-18 instead of ResNet-50' in out  # says what was reduced
+    assert 'Epoch(train)' in out or 'Iter(train)' in out  # mmengine's log
+    table = [line for line in out.splitlines() if line.startswith('| ')]
+    assert len(table) == 1 + 4  # header + 2 models x (baseline, DO-Conv)
+    assert sum('DO-Conv (task)' in line for line in table) == 2
+
+    rows = json.loads((work_dir / 'results.json').read_text())
+    assert [r['model'] for r in rows] == ['Faster R-CNN', 'DeepLabv3']
+    for row in rows:
+        assert row['metric_unfolded'] is not None
+        assert row['metric_folded'] == row['metric_unfolded']
+        assert row['onnx_max_diff'] < 1e-3
+        # DO-Conv adds D at train time; the deployed model is the baseline.
+        assert row['train_params'] > row['deployed_params']
+        assert row['deployed_params'] == row['baseline_params']
+        assert row['baseline_step_s'] > 0 and row['doconv_step_s'] > 0
+    for name in ('faster_rcnn', 'deeplabv3'):
+        for kind in ('loss_curves', 'kernel_maps'):
+            _assert_png_has_content(work_dir / f'{name}_{kind}.png')
+        assert (work_dir / name / 'doconv' / f'{name}_folded.onnx').is_file()
