@@ -64,7 +64,9 @@ def detection(data_dir: str, quick: bool) -> DemoModel:
         'randomness.seed': 0,
     }
     if quick:
-        options['train_dataloader.dataset.indices'] = 2
+        # Two steps: mmdet's ResNet zero-initialises each residual branch's
+        # last BN, so the first step gives the branch convs (and D) no grad.
+        options['train_dataloader.dataset.indices'] = 4
     for split in ('val', 'test'):
         options.update({
             f'{split}_dataloader.dataset.data_root': root,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .compose import compose_kernel
 from .doconv import DOConv2d
 
 
@@ -88,9 +89,12 @@ def kernel_change_maps(model: nn.Module, prefix: str = ''
         if not (isinstance(module, DOConv2d) and module.D is not None
                 and name.startswith(prefix) and module.weight.dim() == 4):
             continue
-        composed = module.fold().weight
-        maps[name] = (composed - module.weight).abs().sum(dim=(0, 1)).cpu(
-        ).numpy()
+        # W' - W is the composition with D - I alone: computing it that way
+        # avoids the cancellation of W' - W in float32 when D is small.
+        no_identity = module.D.new_zeros(module.D.shape[1:])
+        change = compose_kernel(module.weight, module.D, no_identity,
+                                module.kernel_size, module.groups)
+        maps[name] = change.abs().sum(dim=(0, 1)).cpu().numpy()
     return maps
 
 

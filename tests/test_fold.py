@@ -1,4 +1,5 @@
 """fold_doconv / fold_state_dict against the unfolded model and plain convs."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -111,3 +112,20 @@ def test_fold_keeps_device_dtype_and_training_flags():
             assert module.weight.dtype == torch.float64
             assert module.training
             assert module.weight.requires_grad
+
+
+def test_kernel_change_map_is_the_papers_h():
+    """H_mn = sum_i |W'_imn - W_imn| (paper §4.4), also for tiny D."""
+    from mmdoconv.visualization import kernel_change_maps
+    torch.manual_seed(0)
+    net = nn.Sequential(DOConv2d(3, 4, 3), DOConv2d(4, 4, 3))
+    with torch.no_grad():
+        net[0].D.normal_(std=0.1)
+        net[1].D.normal_(std=1e-9)  # W' - W rounds to 0 in float32
+    maps = kernel_change_maps(net.double())
+    layer = net[0]
+    with torch.no_grad():
+        expected = (layer.fold().weight - layer.weight).abs().sum(dim=(0, 1))
+    assert maps.keys() == {'0', '1'}
+    np.testing.assert_allclose(maps['0'], expected.numpy(), rtol=1e-6)
+    assert maps['1'].max() > 0

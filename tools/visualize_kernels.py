@@ -35,7 +35,9 @@ def main() -> None:
     if all(heat.max() == 0 for heat in maps.values()):
         raise SystemExit(f'D of every {args.prefix}* layer is still the '
                          'identity, so there is nothing to draw: was this '
-                         'stage frozen (frozen_stages) or not trained yet?')
+                         'stage frozen (frozen_stages) or trained for less '
+                         'than two steps (a zero-initialised residual BN '
+                         'gives its branch no gradient in the first)?')
     print(plot_kernel_maps(maps, args.out,
                            title=f'{args.prefix}: H_mn = Σ|W\'−W| per layer'))
 
