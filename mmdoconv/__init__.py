@@ -13,7 +13,8 @@ from .compose import compose_kernel, doconv_identity
 from .convert import convert_reference_state_dict
 from .dist import CPUAwareDistributedDataParallel
 from .doconv import DOConv2d
-from .fold import count_doconv, fold_doconv, fold_state_dict
+from .fold import (count_doconv, fold_doconv, fold_state_dict,
+                   swap_in_folded)
 from .amp import CPUBf16OptimWrapper
 from .fold_hook import DOConvFoldHook
 from .pretrained import PretrainedDOConvInit
@@ -33,7 +34,8 @@ register_safe_loader()
 
 __all__ = [
     'DOConv2d', 'build_doconv', 'compose_kernel', 'doconv_identity',
-    'fold_doconv', 'fold_state_dict', 'count_doconv', 'DOConvFoldHook',
+    'fold_doconv', 'fold_state_dict', 'count_doconv', 'swap_in_folded',
+    'DOConvFoldHook',
     'CPUBf16OptimWrapper', 'PretrainedDOConvInit',
     'CPUAwareDistributedDataParallel',
     'convert_reference_state_dict', 'UnsafeCheckpointError', 'allow_mmengine_checkpoints',

@@ -190,18 +190,12 @@ class DOConv2d(nn.Conv2d):
             self.D.normal_(0.0, (2.0 / kernel_numel)**0.5)
             self.D.sub_(self._identity)
 
-    @property
-    def is_folded(self) -> bool:
-        """True when there is no D, i.e. the layer is a plain convolution."""
-        return self.D is None
-
     def composed_weight(self) -> Tensor:
         """The plain conv kernel ``W'`` this layer currently convolves with."""
         if self.D is None:
             return self.weight
         if self.training or torch.is_grad_enabled():
-            self._cached_kernel = self._cache_key = None
-            return self._compose()
+            return self._compose()  # autograd needs a fresh composition
         key = (self.weight._version, self.D._version, self.weight.data_ptr(),
                self.D.data_ptr(), self.weight.dtype, self.weight.device)
         if key != self._cache_key:

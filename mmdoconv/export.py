@@ -18,13 +18,14 @@ from torch import Tensor, nn
 from .fold import fold_doconv
 
 
-def _flatten(outputs) -> List[Tensor]:
+def flatten_tensors(outputs) -> List[Tensor]:
+    """The tensors of a nested tuple / list / dict output, in order."""
     if isinstance(outputs, Tensor):
         return [outputs]
     if isinstance(outputs, dict):
-        return [t for value in outputs.values() for t in _flatten(value)]
+        return [t for value in outputs.values() for t in flatten_tensors(value)]
     if isinstance(outputs, (list, tuple)):
-        return [t for value in outputs for t in _flatten(value)]
+        return [t for value in outputs for t in flatten_tensors(value)]
     return []
 
 
@@ -40,10 +41,10 @@ class TensorGraph(nn.Module):
         if hasattr(model, 'rpn_head') and hasattr(model, 'extract_feat'):
             features = model.extract_feat(inputs)
             rpn_outputs = model.rpn_head(features)
-            return tuple(_flatten(features) + _flatten(rpn_outputs))
+            return tuple(flatten_tensors(features) + flatten_tensors(rpn_outputs))
         if hasattr(model, 'decode_head') and hasattr(model, '_forward'):
-            return tuple(_flatten(model._forward(inputs)))
-        return tuple(_flatten(model(inputs, mode='tensor')))
+            return tuple(flatten_tensors(model._forward(inputs)))
+        return tuple(flatten_tensors(model(inputs, mode='tensor')))
 
     def output_names(self, inputs: Tensor) -> List[str]:
         with torch.no_grad():

@@ -10,13 +10,33 @@ Note:
     ``W'``.
 """
 from collections import OrderedDict
-from typing import Mapping
+from typing import List, Mapping, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .compose import compose_kernel, doconv_identity
 from .doconv import DOConv2d
+
+
+def swap_in_folded(model: nn.Module) -> List[Tuple[nn.Module, str, DOConv2d]]:
+    """Replace every :class:`DOConv2d` inside ``model`` by its folded conv.
+
+    Returns:
+        ``(parent, name, original layer)`` for each replacement, so that a
+        caller (the fold hook) can put the originals back.
+    """
+    if isinstance(model, DOConv2d):
+        raise TypeError('fold_doconv folds the DOConv2d layers inside a '
+                        'model and cannot replace the model itself; call '
+                        'DOConv2d.fold() or switch_to_deploy() on it instead')
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DOConv2d):
+                setattr(parent, name, child.fold())
+                swapped.append((parent, name, child))
+    return swapped
 
 
 def fold_doconv(model: nn.Module) -> int:
@@ -35,18 +55,7 @@ def fold_doconv(model: nn.Module) -> int:
         TypeError: If ``model`` itself is a DOConv2d (a module cannot replace
             itself in its parent; use ``model.fold()``).
     """
-    if isinstance(model, DOConv2d):
-        raise TypeError('fold_doconv folds the DOConv2d layers inside a '
-                        'model and cannot replace the model itself; call '
-                        'DOConv2d.fold() or switch_to_deploy() on it instead')
-    count = 0
-    for name, child in model.named_children():
-        if isinstance(child, DOConv2d):
-            setattr(model, name, child.fold())
-            count += 1
-        else:
-            count += fold_doconv(child)
-    return count
+    return len(swap_in_folded(model))
 
 
 def count_doconv(model: nn.Module) -> int:

@@ -13,33 +13,18 @@ from torch import nn
 
 from .checkpoint import load_checkpoint_file, save_folded_checkpoint
 from .doconv import DOConv2d
+from .export import flatten_tensors
+from .fold import swap_in_folded
 
 DATA_BATCH = Optional[Sequence[dict]]
 
 
-def _swap_in_folded(model: nn.Module) -> List[Tuple[nn.Module, str, DOConv2d]]:
-    """Replace each DOConv2d child by its fold; return what to put back."""
-    swapped = []
-    for parent in model.modules():
-        for name, child in list(parent.named_children()):
-            if isinstance(child, DOConv2d):
-                setattr(parent, name, child.fold())
-                swapped.append((parent, name, child))
-    return swapped
-
-
 def _max_abs_difference(first, second) -> float:
     """Largest |a - b| over matching tensors of two nested outputs."""
-    if isinstance(first, torch.Tensor):
-        return (first.float() - second.float()).abs().max().item() \
-            if first.numel() else 0.0
-    if isinstance(first, dict):
-        return max((_max_abs_difference(first[k], second[k]) for k in first),
-                   default=0.0)
-    if isinstance(first, (list, tuple)):
-        return max((_max_abs_difference(a, b)
-                    for a, b in zip(first, second)), default=0.0)
-    return 0.0
+    return max(((a.float() - b.float()).abs().max().item()
+                for a, b in zip(flatten_tensors(first),
+                                flatten_tensors(second)) if a.numel()),
+               default=0.0)
 
 
 @HOOKS.register_module()
@@ -117,7 +102,7 @@ class DOConvFoldHook(Hook):
         return False
 
     def _fold(self, runner) -> int:
-        self._swapped = _swap_in_folded(self._model(runner))
+        self._swapped = swap_in_folded(self._model(runner))
         return len(self._swapped)
 
     def _restore(self) -> None:

@@ -14,6 +14,14 @@ def config_path(*parts: str) -> str:
     return osp.join(ROOT, 'configs', *parts)
 
 
+def _without_workers(options: Dict) -> Dict:
+    """Load data in the test process: worker start-up dominates tiny runs."""
+    for split in ('train', 'val', 'test'):
+        options[f'{split}_dataloader.num_workers'] = 0
+        options[f'{split}_dataloader.persistent_workers'] = False
+    return options
+
+
 def detection_options(coco_root: str, train_images: int = 4,
                       val_images: int = 4, scale=(320, 256)) -> Dict:
     """cfg-options that run mmdet's Faster R-CNN configs on the synthetic
@@ -39,10 +47,7 @@ def detection_options(coco_root: str, train_images: int = 4,
             f'{split}_evaluator.ann_file':
             root + 'annotations/instances_val2017.json',
         })
-    for split in ('train', 'val', 'test'):
-        options[f'{split}_dataloader.num_workers'] = 0
-        options[f'{split}_dataloader.persistent_workers'] = False
-    return options
+    return _without_workers(options)
 
 
 def as_cli(options: Dict) -> List[str]:
@@ -113,10 +118,7 @@ def segmentation_options(dataset: str, root: str, crop=(64, 128),
             f'{split}_dataloader.dataset.indices': val_images,
             f'{split}_dataloader.dataset.pipeline.1.scale': scale,
         })
-    for split in ('train', 'val', 'test'):
-        options[f'{split}_dataloader.num_workers'] = 0
-        options[f'{split}_dataloader.persistent_workers'] = False
-    return options
+    return _without_workers(options)
 
 
 def classification_options(imagenet_root: str, size: int = 32,
@@ -139,7 +141,4 @@ def classification_options(imagenet_root: str, size: int = 32,
             f'{split}_dataloader.dataset.pipeline.2.crop_size': size,
             f'{split}_dataloader.batch_size': batch_size,
         })
-    for split in ('train', 'val', 'test'):
-        options[f'{split}_dataloader.num_workers'] = 0
-        options[f'{split}_dataloader.persistent_workers'] = False
-    return options
+    return _without_workers(options)
