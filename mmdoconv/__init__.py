@@ -6,9 +6,9 @@ and mmpretrain configs.
 """
 import importlib.util
 
-from .checkpoint import (UnsafeCheckpointError, allow_mmengine_checkpoints,
-                         load_checkpoint_file, register_safe_loader,
-                         save_folded_checkpoint)
+from .checkpoint import (InvalidCheckpointError, UnsafeCheckpointError,
+                         load_checkpoint_file, load_checkpoint_url,
+                         register_safe_loaders, save_folded_checkpoint)
 from .compose import compose_kernel, doconv_identity
 from .convert import convert_reference_state_dict
 from .dist import CPUAwareDistributedDataParallel
@@ -27,10 +27,9 @@ if importlib.util.find_spec('mmdet') is not None:
 if importlib.util.find_spec('mmpretrain') is not None:
     from .models import resnet_stages  # noqa: F401
 
-# mmengine 0.10 checkpoints hold a few mmengine/numpy objects that torch >= 2.6
-# refuses by default; allow exactly those, and name what is refused.
-allow_mmengine_checkpoints()
-register_safe_loader()
+# Every checkpoint scheme mmengine knows loads with weights_only=True and
+# mmengine's numpy / HistoryBuffer data rebuilt by checked stand-ins.
+register_safe_loaders()
 
 __all__ = [
     'DOConv2d', 'build_doconv', 'compose_kernel', 'doconv_identity',
@@ -38,7 +37,8 @@ __all__ = [
     'DOConvFoldHook',
     'CPUBf16OptimWrapper', 'PretrainedDOConvInit',
     'CPUAwareDistributedDataParallel',
-    'convert_reference_state_dict', 'UnsafeCheckpointError', 'allow_mmengine_checkpoints',
-    'load_checkpoint_file', 'register_safe_loader', 'save_folded_checkpoint',
+    'convert_reference_state_dict', 'UnsafeCheckpointError',
+    'InvalidCheckpointError', 'load_checkpoint_file', 'load_checkpoint_url',
+    'register_safe_loaders', 'save_folded_checkpoint',
     '__version__'
 ]

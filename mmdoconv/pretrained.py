@@ -20,10 +20,9 @@ from typing import Dict, Optional
 from mmengine.logging import print_log
 from mmengine.model.weight_init import PretrainedInit, update_init_info
 from mmengine.registry import WEIGHT_INITIALIZERS
-from mmengine.runner.checkpoint import load_state_dict
+from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 from torch import nn
 
-from .checkpoint import load_checkpoint_file
 from .doconv import DOConv2d
 from .fold import fold_state_dict
 
@@ -76,7 +75,10 @@ class PretrainedDOConvInit(PretrainedInit):
         self.fold = fold
 
     def __call__(self, module: nn.Module) -> None:
-        checkpoint = load_checkpoint_file(self.checkpoint, self.map_location)
+        # Any scheme (local, http(s), torchvision://, ...): every one of
+        # them loads through mmdoconv's safe loaders.
+        checkpoint = CheckpointLoader.load_checkpoint(self.checkpoint,
+                                                      self.map_location)
         state_dict = checkpoint.get('state_dict', checkpoint)
         if self.prefix:
             state_dict = {
