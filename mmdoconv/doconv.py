@@ -229,9 +229,13 @@ class DOConv2d(nn.Conv2d):
 
         The new layer has the same hyper-parameters, device and dtype, the
         composed kernel ``W'`` as weight, a copy of the bias, and the
-        ``requires_grad`` flags of ``W`` and the bias.
+        ``requires_grad`` flags of ``W`` and the bias.  No random number is
+        drawn.
         """
-        plain = nn.Conv2d(
+        # skip_init builds the conv without nn.Conv2d's random init: folding
+        # must not advance the RNG a training run draws from (fold hook).
+        plain = nn.utils.skip_init(
+            nn.Conv2d,
             self.in_channels,
             self.out_channels,
             self.kernel_size,

@@ -184,3 +184,45 @@ def test_model_without_doconv_warns_once(tmp_path, caplog):
 def test_bad_suffix():
     with pytest.raises(ValueError, match="got 'a/b'"):
         DOConvFoldHook(suffix='a/b')
+
+
+class _FinalState(Hook):
+    """Records parameters, optimizer state and the RNG streams after train."""
+
+    def after_train(self, runner):
+        self.params = {k: v.clone() for k, v in
+                       runner.model.state_dict().items()}
+        self.optim = copy.deepcopy(runner.optim_wrapper.optimizer.state_dict())
+        self.rng = torch.get_rng_state()
+
+
+def test_folded_validation_leaves_the_run_bit_for_bit(tmp_path):
+    """Same seed, fold_val on and off: the same run, RNG streams included
+    (a folded conv built with nn.Conv2d's random init advanced the RNG)."""
+    finals = []
+    for fold_val in (False, True):
+        final = _FinalState()
+        runner = toy_runner(tmp_path / str(fold_val), max_iters=6,
+                            custom_hooks=[dict(type='DOConvFoldHook',
+                                               fold_val=fold_val), final])
+        runner.train()
+        finals.append(final)
+    plain, folded = finals
+    assert torch.equal(plain.rng, folded.rng)
+    assert plain.params.keys() == folded.params.keys()
+    for key in plain.params:
+        assert torch.equal(plain.params[key], folded.params[key]), key
+    for index, state in plain.optim['state'].items():
+        for name, value in state.items():
+            assert torch.equal(value, folded.optim['state'][index][name])
+
+
+def test_fold_draws_no_random_numbers():
+    layer = DOConv2d(4, 6, 3, groups=2, D_mul=11)
+    with torch.no_grad():
+        layer.D.normal_()
+    before = torch.get_rng_state()
+    plain = layer.fold()
+    assert torch.equal(before, torch.get_rng_state())
+    x = torch.randn(2, 4, 7, 7)
+    assert torch.allclose(plain(x), layer(x), atol=1e-5)
