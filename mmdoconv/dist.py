@@ -6,10 +6,16 @@ DistributedDataParallel (which torch rejects for a module on the CPU), and its
 configs default to the NCCL backend.  :func:`use_cpu_distributed` creates the
 gloo process group itself (the Runner then skips its own ``init_dist``) and
 points the config at a wrapper that drops ``device_ids`` for CPU modules.
+gloo cannot run SyncBatchNorm on CPU tensors, so SyncBN layers of the config
+become BN (each rank normalises its own batch), with one log line saying so.
 """
+import logging
+from typing import Any, List
+
 import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
 
@@ -23,6 +29,19 @@ class CPUAwareDistributedDataParallel(MMDistributedDataParallel):
         if first is None or first.device.type == 'cpu':
             device_ids = None  # DDP's rule for CPU modules
         super().__init__(module=module, device_ids=device_ids, **kwargs)
+
+
+def _sync_bn_to_bn(node: Any, path: str, changed: List[str]) -> None:
+    """Turn every ``type='SyncBN'`` norm config under ``node`` into BN."""
+    if isinstance(node, dict):
+        if node.get('type') in ('SyncBN', 'MMSyncBN', 'SyncBatchNorm'):
+            node['type'] = 'BN'
+            changed.append(path)
+        for key, value in node.items():
+            _sync_bn_to_bn(value, f'{path}.{key}', changed)
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            _sync_bn_to_bn(value, f'{path}.{index}', changed)
 
 
 def use_cpu_distributed(cfg: Config) -> None:
@@ -39,6 +58,16 @@ def use_cpu_distributed(cfg: Config) -> None:
     cfg.setdefault('env_cfg', {})
     cfg.env_cfg.setdefault('dist_cfg', {})
     cfg.env_cfg.dist_cfg.backend = 'gloo'
+    changed: List[str] = []
+    _sync_bn_to_bn(cfg.model, 'model', changed)
+    if cfg.get('sync_bn'):
+        cfg.sync_bn = None
+        changed.append('sync_bn')
+    if changed:
+        print_log(f'CPU distributed (gloo) cannot run SyncBN: using BN in '
+                  f'{len(changed)} norm configs ({", ".join(changed[:3])}'
+                  f'{", ..." if len(changed) > 3 else ""})', 'current',
+                  logging.WARNING)
     if cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(
             type='CPUAwareDistributedDataParallel',

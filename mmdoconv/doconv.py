@@ -25,12 +25,16 @@ def _check_positive_pair(name: str, value: _size_2_t) -> Tuple[int, int]:
     return tuple(int(v) for v in pair)
 
 
-#: Named D_mul rules, for one config across kernel sizes (paper Table 8).
+#: Named D_mul rules, for one config across kernel sizes (paper Table 8:
+#: M*N, (M+2)*(N+2), (2M)*(2N)).  The names have no brackets or commas, so
+#: they survive ``--cfg-options`` (mmengine's DictAction reads "(...)" as a
+#: tuple); the paper's spellings are accepted as aliases in config files.
 D_MUL_RULES: Dict[str, Callable[[int, int], int]] = {
-    'M*N': lambda m, n: m * n,
-    '(M+2)*(N+2)': lambda m, n: (m + 2) * (n + 2),
-    '(2M)*(2N)': lambda m, n: 4 * m * n,
+    'MxN': lambda m, n: m * n,
+    'M+2xN+2': lambda m, n: (m + 2) * (n + 2),
+    '2Mx2N': lambda m, n: 4 * m * n,
 }
+D_MUL_ALIASES = {'M*N': 'MxN', '(M+2)*(N+2)': 'M+2xN+2', '(2M)*(2N)': '2Mx2N'}
 D_INITS = ('identity', 'random')
 
 
@@ -39,8 +43,9 @@ def resolve_d_mul(d_mul: Union[None, int, str], kernel_size: _size_2_t) -> int:
 
     Args:
         d_mul: The depth multiplier: None for ``M*N``, an int, or a rule name
-            from :data:`D_MUL_RULES` (``'M*N'``, ``'(M+2)*(N+2)'``,
-            ``'(2M)*(2N)'``, the settings of the paper's Table 8).
+            from :data:`D_MUL_RULES` (``'MxN'``, ``'M+2xN+2'``, ``'2Mx2N'``,
+            the settings of the paper's Table 8; the paper's spellings
+            ``'M*N'``, ``'(M+2)*(N+2)'``, ``'(2M)*(2N)'`` work too).
         kernel_size: ``M`` or ``(M, N)``.
 
     Returns:
@@ -56,10 +61,12 @@ def resolve_d_mul(d_mul: Union[None, int, str], kernel_size: _size_2_t) -> int:
     if d_mul is None:
         return kernel_numel
     if isinstance(d_mul, str):
-        if d_mul not in D_MUL_RULES:
+        rule = D_MUL_ALIASES.get(d_mul, d_mul)
+        if rule not in D_MUL_RULES:
             raise ValueError(f'D_mul rule must be one of '
-                             f'{sorted(D_MUL_RULES)}, but got {d_mul!r}')
-        return D_MUL_RULES[d_mul](kernel_h, kernel_w)
+                             f'{sorted(D_MUL_RULES)} (or the paper\'s '
+                             f'{sorted(D_MUL_ALIASES)}), but got {d_mul!r}')
+        return D_MUL_RULES[rule](kernel_h, kernel_w)
     if not isinstance(d_mul, numbers.Integral) or isinstance(d_mul, bool):
         raise TypeError(f'D_mul must be an int or a rule name, but got '
                         f'{d_mul!r} of type {type(d_mul).__name__}')

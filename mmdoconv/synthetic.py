@@ -7,6 +7,7 @@ configs' loaders run on them unchanged (only ``data_root`` differs), and
 real data drops in the same way.  Every shape class has its own shape and
 colour, so a model learns them in a few hundred iterations.
 """
+import functools
 import json
 import os
 import os.path as osp
@@ -136,11 +137,49 @@ def _boundary(mask: np.ndarray, width: int = 2) -> np.ndarray:
     return grown & ~shrunk
 
 
+#: Written into every dataset root we create; a root without it is someone's
+#: data, which no writer touches (not even with --force).
+MARKER = '.mmdoconv-synthetic'
+
+
+def claim_root(root: str) -> None:
+    """Make ``root`` ours to write, or refuse if it holds other data.
+
+    Raises:
+        FileExistsError: If ``root`` is a non-empty folder without our marker
+            (for example a real COCO download), or a file.
+    """
+    if osp.isfile(root):
+        raise FileExistsError(f'dataset root {root!r} is a file')
+    if osp.isdir(root) and os.listdir(root) and not osp.isfile(
+            osp.join(root, MARKER)):
+        raise FileExistsError(
+            f'dataset folder {root!r} holds files that mmdoconv did not '
+            f'write (no {MARKER} marker); refusing to write synthetic data '
+            'into it. Choose another --data-dir.')
+    os.makedirs(root, exist_ok=True)
+    with open(osp.join(root, MARKER), 'w') as f:
+        f.write('written by mmdoconv.synthetic; safe to delete with the '
+                'folder\n')
+
+
+def _writes_root(writer: Callable[..., Dict[str, int]]):
+    """Writers call :func:`claim_root` on their root before writing."""
+
+    @functools.wraps(writer)
+    def wrapper(root: str, *args, **kwargs) -> Dict[str, int]:
+        claim_root(root)
+        return writer(root, *args, **kwargs)
+
+    return wrapper
+
+
 def _save(array: np.ndarray, path: str, **kwargs) -> None:
     os.makedirs(osp.dirname(path), exist_ok=True)
     Image.fromarray(array).save(path, **kwargs)
 
 
+@_writes_root
 def write_coco(root: str, num_train: int = 64, num_val: int = 16,
                size: Tuple[int, int] = (256, 320), seed: int = 0,
                progress: ProgressFn = print) -> Dict[str, int]:
@@ -187,6 +226,7 @@ def write_coco(root: str, num_train: int = 64, num_val: int = 16,
     return counts
 
 
+@_writes_root
 def write_cityscapes(root: str, num_train: int = 32, num_val: int = 8,
                      size: Tuple[int, int] = (256, 512), seed: int = 0,
                      progress: ProgressFn = print) -> Dict[str, int]:
@@ -243,6 +283,7 @@ def _voc_palette() -> List[int]:
     return palette
 
 
+@_writes_root
 def write_voc(root: str, num_train: int = 32, num_val: int = 8,
               num_aug: int = 16, size: Tuple[int, int] = (256, 320),
               seed: int = 0, progress: ProgressFn = print) -> Dict[str, int]:
@@ -286,6 +327,7 @@ def write_voc(root: str, num_train: int = 32, num_val: int = 8,
     return counts
 
 
+@_writes_root
 def write_imagenet(root: str, num_train: int = 32, num_val: int = 12,
                    size: int = 64, seed: int = 0,
                    progress: ProgressFn = print) -> Dict[str, int]:

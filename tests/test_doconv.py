@@ -362,6 +362,8 @@ def test_bad_channels(in_channels, out_channels):
 @pytest.mark.parametrize('rule,kernel,expected', [
     ('M*N', 3, 9), ('(M+2)*(N+2)', 3, 25), ('(2M)*(2N)', 3, 36),
     ('(M+2)*(N+2)', 7, 81), ('(2M)*(2N)', (1, 3), 12),
+    ('MxN', 3, 9), ('M+2xN+2', 3, 25), ('2Mx2N', 3, 36), ('M+2xN+2', (1, 3),
+                                                          15),
 ])
 def test_d_mul_rules_of_table_8(rule, kernel, expected):
     layer = DOConv2d(4, 4, kernel, D_mul=rule)
@@ -383,3 +385,40 @@ def test_random_d_init_of_table_7():
     assert 'D_init=random' in repr(layer)
     with pytest.raises(ValueError, match="D_init must be one of .* 'he'"):
         DOConv2d(4, 4, 3, D_init='he')
+
+
+def _readme_ablation_options():
+    """The --cfg-options of the README's ablation table, as written."""
+    import os.path as osp
+    import re
+    readme = open(osp.join(osp.dirname(__file__), '..', 'README.md')).read()
+    rows = [line for line in readme.splitlines()
+            if line.startswith(('| Table 8, D_mul', '| Table 7, init of D'))]
+    assert len(rows) == 2
+    return re.findall(r'`(?:--cfg-options )?(model\.backbone\.conv_cfg\.'
+                      r'(?:D_mul|D_init)=[^`]+)`', '\n'.join(rows)) + [
+                          f'model.backbone.conv_cfg.D_mul={rule}'
+                          for rule in re.findall(r'`(M\+2xN\+2|2Mx2N)`',
+                                                 rows[0])] + [
+                          f'model.backbone.conv_cfg.D_init={init}'
+                          for init in re.findall(r'`(random)`', rows[1])]
+
+
+def test_readme_ablation_knobs_survive_the_command_line():
+    """mmengine's DictAction read '(M+2)*(N+2)' as a tuple; the README's
+    command-line names must reach DOConv2d as the rule they name."""
+    import argparse
+    from mmengine.config import DictAction
+    options = _readme_ablation_options()
+    assert len(options) >= 5, options
+    seen = set()
+    for option in options:
+        parser = argparse.ArgumentParser()
+        parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+        parsed = parser.parse_args(['--cfg-options', option]).cfg_options
+        (key, value), = parsed.items()
+        name = key.rsplit('.', 1)[1]
+        layer = DOConv2d(4, 4, 3, **{name: value})
+        seen.add((name, layer.D_mul if name == 'D_mul' else layer.D_init))
+    assert {('D_mul', 9), ('D_mul', 25), ('D_mul', 36), ('D_init', 'identity'),
+            ('D_init', 'random')} <= seen

@@ -2,6 +2,7 @@
 import re
 
 import pytest
+import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, DefaultScope
 from mmengine.runner import Runner
@@ -136,3 +137,29 @@ def test_folded_checkpoint_tests_through_plain_config(tmp_path,
     log = result.stdout + result.stderr
     miou = float(re.findall(r'mIoU: (-?[\d.]+)', log)[-1])
     assert miou == pytest.approx(unfolded['mIoU'], abs=0.01)  # log rounds
+
+
+def test_two_process_cpu_training_with_syncbn_keeps_ranks_identical(
+        tmp_path, synthetic_data):
+    """The shipped configs use SyncBN, which gloo cannot run on CPU: the
+    CPU launch path turns it into BN (and says so) and the ranks agree."""
+    config = tmp_path / 'task_dump.py'
+    config.write_text(
+        f"_base_ = ['{config_path('deeplabv3', CONFIGS['cityscapes']['task'])}']\n"
+        "custom_imports = dict(imports=['mmdoconv', 'rank_dump_hook'], "
+        "allow_failed_imports=False)\n"
+        "custom_hooks = [dict(type='DOConvFoldHook'), "
+        "dict(type='DumpDOConvParamsHook')]\n")
+    assert "'SyncBN'" in Config.fromfile(str(config)).pretty_text
+    options = segmentation_options('cityscapes', synthetic_data['cityscapes'],
+                                   crop=(32, 64), iters=2)
+    result = run_tool('tools/dist_train.sh', str(config), '2', '--work-dir',
+                      str(tmp_path), *as_cli(options),
+                      env_extra=dict(PORT='29519', OMP_NUM_THREADS='1'))
+    assert 'cannot run SyncBN: using BN' in result.stdout + result.stderr
+    ranks = [torch.load(tmp_path / f'rank{r}.pth') for r in (0, 1)]
+    assert len(ranks[0]) == 2 * TASK_STAGE_DOCONV['cityscapes']
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]), key
+    assert any(v.abs().sum() > 0 for k, v in ranks[0].items()
+               if k.endswith('.D'))

@@ -10,8 +10,10 @@ train_dataloader.dataset.data_root=/tmp/data/coco/
 """
 import argparse
 import os.path as osp
+import sys
 
-from mmdoconv.synthetic import DEFAULT_ROOTS, WRITERS, write_datasets
+from mmdoconv.synthetic import DEFAULT_ROOTS, WRITERS, claim_root, \
+    write_datasets
 
 
 def main() -> None:
@@ -23,8 +25,10 @@ def main() -> None:
                         help='which datasets to write')
     parser.add_argument('--data-dir', default='data',
                         help='parent folder (default: data)')
-    parser.add_argument('--force', action='store_true',
-                        help='write even if the dataset folder exists')
+    parser.add_argument(
+        '--force', action='store_true',
+        help='rewrite a dataset folder this tool wrote before (a folder '
+        'without its marker, e.g. real data, is never touched)')
     args = parser.parse_args()
     names = []
     for name in args.datasets:
@@ -34,6 +38,14 @@ def main() -> None:
             print(f'{name}: {root} exists, skipped (--force rewrites it)')
         else:
             names.append(name)
+    try:  # every folder is checked before anything is written
+        for name in names:
+            root = osp.join(args.data_dir,
+                            osp.relpath(DEFAULT_ROOTS[name], 'data'))
+            if osp.exists(root):
+                claim_root(root)
+    except FileExistsError as error:
+        sys.exit(f'error: {error}')
     write_datasets(names, args.data_dir)
 
 
