@@ -156,6 +156,16 @@ class Progress:
         print(f'[demo {elapsed:6.1f}s] {message}', flush=True)
 
 
+def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """Terminate a child tool, and kill it if it does not stop in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def run(args: List[str], log_path: str, echo: bool = True) -> str:
     """Run a tool, stream its output (indented) and keep it in log_path."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
@@ -165,13 +175,17 @@ def run(args: List[str], log_path: str, echo: bool = True) -> str:
     with subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as process, open(log_path, 'w') as log:
-        for line in process.stdout:
-            log.write(line)
-            lines.append(line)
-            if echo and _SHOWN.search(line):
-                # mmengine's message without its date and logger prefix.
-                print('    ' + line.rstrip().split(' - INFO - ')[-1],
-                      flush=True)
+        try:
+            for line in process.stdout:
+                log.write(line)
+                lines.append(line)
+                if echo and _SHOWN.search(line):
+                    # mmengine's message without its date and logger prefix.
+                    print('    ' + line.rstrip().split(' - INFO - ')[-1],
+                          flush=True)
+        except BaseException:  # stopped (SIGTERM, Ctrl-C): stop the tool too
+            _stop(process)
+            raise
     if process.returncode:
         tail = ''.join(lines[-40:])
         raise RuntimeError(f'{" ".join(args[:2])} failed (log: {log_path}):'

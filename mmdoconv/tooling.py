@@ -4,23 +4,179 @@ The tools work for mmdet, mmseg and mmpretrain configs alike: the scope comes
 from the config's ``default_scope`` and mmengine's registries import that
 library's modules when the Runner first builds something.
 """
+import functools
+import glob
 import importlib
+import os
 import os.path as osp
-from typing import Any, Dict, List, Optional
+import signal
+import sys
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from mmengine.config import Config, DictAction
+from torch import Tensor, nn
+
+from .checkpoint import InvalidCheckpointError, UnsafeCheckpointError
 
 KNOWN_SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
 __all__ = ['DictAction', 'load_config', 'import_scope', 'default_work_dir',
            'add_hook_once', 'prepare_run_config', 'require_file',
-           'cfg_options_args']
+           'cfg_options_args', 'BadInputError', 'cli_main',
+           'require_new_output', 'require_fresh_work_dir',
+           'require_training_checkpoint', 'model_state_dict_of',
+           'check_checkpoint_matches_model']
+
+
+class BadInputError(ValueError):
+    """An argument, file or config a tool cannot work with."""
+
+
+#: Errors that mean "bad input": a command-line tool prints them as one line.
+BAD_INPUT_ERRORS = (BadInputError, FileNotFoundError, FileExistsError,
+                    UnsafeCheckpointError, InvalidCheckpointError)
+
+
+def cli_main(main: Callable[[], Any]) -> Callable[[], None]:
+    """Run a tool's ``main``: bad input is one ``error:`` line and exit 2.
+
+    SIGTERM becomes SystemExit, so ``subprocess.run`` calls inside ``main``
+    kill their children on the way out instead of leaving them running.
+    """
+
+    @functools.wraps(main)
+    def wrapper() -> None:
+        signal.signal(signal.SIGTERM,
+                      lambda signum, frame: sys.exit(128 + signum))
+        try:
+            main()
+        except BAD_INPUT_ERRORS as error:
+            message = ' '.join(str(error).split())
+            print(f'error: {message}', file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
 
 
 def require_file(path: Optional[str], what: str) -> None:
     """Raise FileNotFoundError naming ``what`` unless ``path`` is a file."""
     if path is not None and not osp.isfile(path):
         raise FileNotFoundError(f'{what} {path!r} does not exist')
+
+
+def require_new_output(path: str, overwrite: bool, flag: str = '--overwrite'
+                       ) -> None:
+    """Refuse to replace an existing output file unless told to.
+
+    Raises:
+        FileExistsError: If ``path`` exists and ``overwrite`` is False.
+    """
+    if osp.exists(path) and not overwrite:
+        raise FileExistsError(f'{path!r} exists; pass {flag} to replace it')
+
+
+def require_fresh_work_dir(work_dir: str, resume: bool,
+                           overwrite: bool) -> None:
+    """Refuse to start a new run over a work dir that holds one.
+
+    Raises:
+        FileExistsError: If ``work_dir`` holds checkpoints and the run
+            neither resumes nor was told to overwrite.
+    """
+    if resume or overwrite or not osp.isdir(work_dir):
+        return
+    held = sorted(osp.basename(p) for p in glob.glob(
+        osp.join(work_dir, '*.pth')))
+    if osp.isfile(osp.join(work_dir, 'last_checkpoint')):
+        held.insert(0, 'last_checkpoint')
+    if held:
+        shown = ', '.join(held[:3]) + (', ...' if len(held) > 3 else '')
+        raise FileExistsError(
+            f'work dir {work_dir!r} already holds a run ({shown}); pass '
+            '--resume to continue it, choose another --work-dir, or pass '
+            '--overwrite to replace its checkpoints')
+
+
+def model_state_dict_of(checkpoint: Any, path: str) -> Mapping[str, Tensor]:
+    """The model weights of a loaded checkpoint, or a clear error.
+
+    Raises:
+        BadInputError: If the checkpoint holds no model state dict.
+    """
+    if isinstance(checkpoint, Mapping) and 'state_dict' in checkpoint:
+        state_dict = checkpoint['state_dict']
+    else:
+        state_dict = checkpoint
+    if not (isinstance(state_dict, Mapping) and state_dict and all(
+            isinstance(k, str) and isinstance(v, Tensor)
+            for k, v in state_dict.items())):
+        keys = sorted(map(str, checkpoint))[:5] if isinstance(
+            checkpoint, Mapping) else type(checkpoint).__name__
+        raise BadInputError(
+            f'{path!r} is not a model checkpoint: expected a "state_dict" '
+            f'of named tensors, but it holds {keys}')
+    return state_dict
+
+
+def require_training_checkpoint(checkpoint: Any, path: str) -> None:
+    """Check that ``--resume`` was given a checkpoint a Runner can resume.
+
+    Raises:
+        BadInputError: For a folded / deploy checkpoint or bare weights.
+    """
+    model_state_dict_of(checkpoint, path)
+    missing = [key for key in ('meta', 'message_hub', 'optimizer')
+               if key not in checkpoint]
+    if missing:
+        folded = isinstance(checkpoint.get('meta'), Mapping) and \
+            checkpoint['meta'].get('mmdoconv_folded')
+        what = 'a folded deploy checkpoint' if folded else 'weights only'
+        raise BadInputError(
+            f'--resume {path!r}: this is {what} (no {", ".join(missing)}), '
+            'not a training checkpoint; start from its weights with '
+            f'--cfg-options load_from={path} instead')
+
+
+def check_checkpoint_matches_model(model: nn.Module, checkpoint: Any,
+                                   path: str, config: str) -> None:
+    """Refuse a checkpoint that is not this model's, before anything runs.
+
+    A DO-Conv model accepts checkpoints without ``D`` (D = I: plain and
+    folded checkpoints); a plain model refuses unfolded DO-Conv checkpoints,
+    which would otherwise be scored with W instead of W'.
+
+    Raises:
+        BadInputError: Naming what does not match.
+    """
+    state_dict = model_state_dict_of(checkpoint, path)
+    keys = {key[len('module.'):] if key.startswith('module.') else key: value
+            for key, value in state_dict.items()}
+    expected = model.state_dict()
+    doconv_keys = [k for k in keys if k.endswith('.D') and k not in expected]
+    if doconv_keys:
+        raise BadInputError(
+            f'{path!r} is an unfolded DO-Conv checkpoint ({len(doconv_keys)} '
+            f'layers with D, e.g. {doconv_keys[0]!r}) but {config!r} builds '
+            'plain convs, which would compute with W instead of W\'; fold it '
+            'first (tools/fold_checkpoint.py) or use the DO-Conv config')
+    optional = ('.D', '.kernel_hw')  # D = I when absent
+    missing = [k for k in expected
+               if k not in keys and not k.endswith(optional)]
+    unexpected = [k for k in keys if k not in expected]
+    mismatched = [
+        f'{k} {tuple(keys[k].shape)} vs {tuple(v.shape)}'
+        for k, v in expected.items() if k in keys
+        and tuple(keys[k].shape) != tuple(v.shape) and not (
+            k.endswith('.weight') and keys[k].dim() == 4 and v.dim() == 3)
+    ]
+    if missing or unexpected or mismatched:
+        parts = [f'{name} {items[:3]}{" ..." if len(items) > 3 else ""}'
+                 f' ({len(items)})' for name, items in (
+                     ('missing', missing), ('unexpected', unexpected),
+                     ('shape mismatch', mismatched)) if items]
+        raise BadInputError(
+            f'{path!r} is not a checkpoint of the model {config!r} builds: '
+            + '; '.join(parts))
 
 
 def load_config(path: str,
@@ -32,9 +188,20 @@ def load_config(path: str,
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'config file {path!r} does not exist')
-    cfg = Config.fromfile(path)
+    try:
+        cfg = Config.fromfile(path)
+    except SyntaxError as error:
+        raise BadInputError(
+            f'config {path!r} is not valid Python: {error.msg} '
+            f'({osp.basename(error.filename or path)}, line {error.lineno})'
+        ) from None
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise BadInputError(
+                f'--cfg-options {cfg_options} do not apply to {path!r}: '
+                f'{error}') from None
     return cfg
 
 
@@ -49,7 +216,7 @@ def import_scope(cfg: Config) -> str:
     """
     scope = cfg.get('default_scope')
     if scope not in KNOWN_SCOPES:
-        raise ValueError(f"config default_scope must be one of "
+        raise BadInputError(f"config default_scope must be one of "
                          f"{KNOWN_SCOPES}, but got {scope!r}")
     utils = importlib.import_module(f'{scope}.utils')
     utils.register_all_modules(init_default_scope=True)

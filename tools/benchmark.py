@@ -14,6 +14,7 @@ import torch
 import mmdoconv  # noqa: F401
 from mmdoconv.benchmark import (LAYER_SHAPES, benchmark_layer, layer_table,
                                 machine_info, write_json)
+from mmdoconv.tooling import BadInputError, cli_main
 
 
 def parse_shape(text: str):
@@ -27,6 +28,7 @@ def parse_shape(text: str):
     return channels, size
 
 
+@cli_main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--shapes', nargs='+', type=parse_shape,
@@ -45,6 +47,13 @@ def main() -> None:
                         help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     args = parser.parse_args()
+    for name in ('batch', 'repeats', 'model_repeats', 'threads'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise BadInputError(f'--{name.replace("_", "-")} must be >= 1, '
+                                f'but got {value}')
+    if args.warmup < 0:
+        raise BadInputError(f'--warmup must be >= 0, but got {args.warmup}')
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = machine_info()

@@ -20,9 +20,11 @@ from mmdoconv.demo import (Progress, count_parameters, detection,
                            segmentation, train_step_seconds)
 from mmdoconv.synthetic import DEFAULT_ROOTS, write_datasets
 from mmdoconv.tooling import cfg_options_args as cfg_options
+from mmdoconv.tooling import cli_main
 from mmdoconv.visualization import plot_curves
 
 
+@cli_main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work-dir', default='work_dirs/demo')

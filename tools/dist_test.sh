@@ -3,9 +3,14 @@
 # tools/dist_test.sh.  NPROC is the number of processes per node: one per GPU,
 # or CPU processes (gloo backend) on a machine without GPUs.
 set -euo pipefail
+usage="usage: bash tools/dist_test.sh CONFIG CHECKPOINT NPROC [test.py options]"
+if [ $# -lt 3 ]; then echo "error: CONFIG, CHECKPOINT and NPROC are required; $usage" >&2; exit 2; fi
 CONFIG=$1
 CHECKPOINT=$2
 NPROC=$3
+case "$NPROC" in ''|*[!0-9]*|0) echo "error: NPROC must be a positive integer, but got '$NPROC'; $usage" >&2; exit 2;; esac
+[ -f "$CONFIG" ] || { echo "error: config file '$CONFIG' does not exist" >&2; exit 2; }
+[ -f "$CHECKPOINT" ] || { echo "error: checkpoint '$CHECKPOINT' does not exist" >&2; exit 2; }
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}

@@ -3,8 +3,12 @@
 # tools/dist_train.sh.  NPROC is the number of processes per node: one per GPU,
 # or CPU processes (gloo backend) on a machine without GPUs.
 set -euo pipefail
+usage="usage: bash tools/dist_train.sh CONFIG NPROC [train.py options]"
+if [ $# -lt 2 ]; then echo "error: CONFIG and NPROC are required; $usage" >&2; exit 2; fi
 CONFIG=$1
 NPROC=$2
+case "$NPROC" in ''|*[!0-9]*|0) echo "error: NPROC must be a positive integer, but got '$NPROC'; $usage" >&2; exit 2;; esac
+[ -f "$CONFIG" ] || { echo "error: config file '$CONFIG' does not exist" >&2; exit 2; }
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}

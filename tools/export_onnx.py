@@ -14,8 +14,9 @@ from mmengine.runner import load_checkpoint
 import mmdoconv  # noqa: F401
 from mmdoconv.export import (dummy_inputs, export_onnx, max_abs_difference,
                              node_histogram)
-from mmdoconv.tooling import (DictAction, import_scope, load_config,
-                              require_file)
+from mmdoconv.tooling import (BadInputError, DictAction, cli_main,
+                              import_scope, load_config, require_file,
+                              require_new_output)
 
 
 def parse_args() -> argparse.Namespace:
@@ -30,6 +31,8 @@ def parse_args() -> argparse.Namespace:
         '--image', help='an image to export and check with (resized to '
         '--shape and preprocessed by the model); random input otherwise')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace OUT if it exists')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override settings in the config, key=value pairs')
@@ -46,10 +49,14 @@ def image_inputs(model, path: str, height: int, width: int) -> torch.Tensor:
     return data['inputs']
 
 
+@cli_main
 def main() -> None:
     args = parse_args()
     if not args.out.endswith('.onnx'):
-        raise ValueError(f'OUT must end with .onnx, but got {args.out!r}')
+        raise BadInputError(f'OUT must end with .onnx, but got {args.out!r}')
+    if min(args.shape) <= 0:
+        raise BadInputError(f'--shape must be positive, but got {args.shape}')
+    require_new_output(args.out, args.overwrite)
     require_file(args.checkpoint, 'checkpoint')
     require_file(args.image, '--image')
     cfg = load_config(args.config, args.cfg_options)

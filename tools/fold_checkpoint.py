@@ -10,7 +10,7 @@ import argparse
 import os.path as osp
 
 from mmdoconv.deploy import fold_checkpoint
-from mmdoconv.tooling import DictAction, load_config, require_file
+from mmdoconv.tooling import DictAction, cli_main, load_config, require_file
 
 
 def parse_args() -> argparse.Namespace:
@@ -26,6 +26,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+@cli_main
 def main() -> None:
     args = parse_args()
     require_file(args.checkpoint, 'checkpoint')

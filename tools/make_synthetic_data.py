@@ -12,10 +12,12 @@ import argparse
 import os.path as osp
 import sys
 
-from mmdoconv.synthetic import DEFAULT_ROOTS, WRITERS, claim_root, \
-    write_datasets
+from mmdoconv.synthetic import (DEFAULT_ROOTS, WRITERS, claim_root,
+                                write_datasets)
+from mmdoconv.tooling import cli_main
 
 
+@cli_main
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],

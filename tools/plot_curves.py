@@ -4,9 +4,11 @@
 """
 import argparse
 
+from mmdoconv.tooling import cli_main
 from mmdoconv.visualization import plot_curves
 
 
+@cli_main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('work_dirs', nargs='+', help='mmengine work dirs')

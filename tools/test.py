@@ -8,12 +8,15 @@ import argparse
 import os
 
 from mmengine.evaluator import DumpResults
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+from mmengine.runner.checkpoint import CheckpointLoader
 
 import mmdoconv  # noqa: F401
-from mmdoconv.tooling import (DictAction, add_hook_once, prepare_run_config,
-                              require_file)
+from mmdoconv.tooling import (BadInputError, DictAction, add_hook_once,
+                              check_checkpoint_matches_model, cli_main,
+                              prepare_run_config, require_file)
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,9 +68,14 @@ def trigger_visualization_hook(cfg, args) -> None:
             cfg.visualizer['save_dir'] = args.show_dir
 
 
+@cli_main
 def main() -> None:
     args = parse_args()
     require_file(args.checkpoint, 'checkpoint')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        raise BadInputError(
+            f'--out must be a .pkl or .pickle file, but got {args.out!r}')
+    checkpoint = CheckpointLoader.load_checkpoint(args.checkpoint, 'cpu')
     cfg = prepare_run_config(args.config, args.cfg_options, args.launcher,
                              args.work_dir)
     cfg.load_from = args.checkpoint
@@ -77,16 +85,19 @@ def main() -> None:
         trigger_visualization_hook(cfg, args)
     if args.tta:
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-            raise RuntimeError('--tta needs tta_model and tta_pipeline in '
+            raise BadInputError('--tta needs tta_model and tta_pipeline in '
                                'the config')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.model = dict(**cfg.tta_model, module=cfg.model)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
         else RUNNERS.build(cfg)
+    model = runner.model
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    check_checkpoint_matches_model(model, checkpoint, args.checkpoint,
+                                   args.config)
+    del checkpoint
     if args.out is not None:
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise ValueError(
-                f'--out must be a .pkl or .pickle file, but got {args.out!r}')
         runner.test_evaluator.metrics.append(
             DumpResults(out_file_path=args.out))
     runner.test()

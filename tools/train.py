@@ -8,10 +8,14 @@ import os
 
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+from mmengine.runner.checkpoint import CheckpointLoader
 
 import mmdoconv  # noqa: F401
 from mmdoconv.amp import enable_amp
-from mmdoconv.tooling import DictAction, prepare_run_config, require_file
+from mmdoconv.tooling import (BadInputError, DictAction, cli_main,
+                              prepare_run_config, require_file,
+                              require_fresh_work_dir,
+                              require_training_checkpoint)
 
 
 def parse_args() -> argparse.Namespace:
@@ -29,6 +33,10 @@ def parse_args() -> argparse.Namespace:
         help='resume from the latest checkpoint in the work_dir '
         'automatically, or from the given checkpoint')
     parser.add_argument(
+        '--overwrite', action='store_true',
+        help='start a new run in a work dir that holds one, replacing its '
+        'checkpoints (without it such a work dir is refused)')
+    parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override settings in the used config, key=value pairs')
     parser.add_argument(
@@ -42,23 +50,29 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+@cli_main
 def main() -> None:
     args = parse_args()
+    if args.resume not in (None, 'auto'):
+        require_file(args.resume, '--resume checkpoint')
+        require_training_checkpoint(
+            CheckpointLoader.load_checkpoint(args.resume, 'cpu'), args.resume)
     cfg = prepare_run_config(args.config, args.cfg_options, args.launcher,
                              args.work_dir)
+    require_fresh_work_dir(cfg.work_dir, args.resume is not None
+                           or bool(cfg.get('resume')), args.overwrite)
     if args.amp:
         enable_amp(cfg)
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in \
                 cfg.auto_scale_lr:
-            raise RuntimeError('Can not find "auto_scale_lr" or '
-                               '"auto_scale_lr.base_batch_size" in your config')
+            raise BadInputError('--auto-scale-lr: the config has no '
+                                '"auto_scale_lr.base_batch_size"')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
-        require_file(args.resume, '--resume checkpoint')
         cfg.resume = True
         cfg.load_from = args.resume
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \

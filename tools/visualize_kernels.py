@@ -9,10 +9,12 @@ from mmengine.registry import MODELS
 from mmengine.runner import load_checkpoint
 
 import mmdoconv  # noqa: F401
-from mmdoconv.tooling import DictAction, import_scope, load_config
+from mmdoconv.tooling import (DictAction, cli_main, import_scope,
+                              load_config)
 from mmdoconv.visualization import kernel_change_maps, plot_kernel_maps
 
 
+@cli_main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='the DO-Conv config')
