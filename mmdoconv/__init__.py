@@ -18,7 +18,7 @@ from .fold import (count_doconv, fold_doconv, fold_state_dict,
 from .amp import CPUBf16OptimWrapper
 from .fold_hook import DOConvFoldHook
 from .pretrained import PretrainedDOConvInit
-from .registry import build_doconv
+from .registry import DOConv, build_doconv
 from .version import __version__
 
 # OpenMMLab modules with a DO-Conv variant, registered when installed.
@@ -32,7 +32,7 @@ if importlib.util.find_spec('mmpretrain') is not None:
 register_safe_loaders()
 
 __all__ = [
-    'DOConv2d', 'build_doconv', 'compose_kernel', 'doconv_identity',
+    'DOConv2d', 'DOConv', 'build_doconv', 'compose_kernel', 'doconv_identity',
     'fold_doconv', 'fold_state_dict', 'count_doconv', 'swap_in_folded',
     'DOConvFoldHook',
     'CPUBf16OptimWrapper', 'PretrainedDOConvInit',

@@ -31,7 +31,7 @@ def _type_name(value: Any) -> Any:
 def _strip_doconv(node: Any) -> Any:
     if isinstance(node, dict):
         type_name = _type_name(node.get('type'))
-        if type_name in DOCONV_TYPES or type_name == 'build_doconv':
+        if type_name in DOCONV_TYPES:
             rest = {k: v for k, v in node.items() if k not in ('type',
                                                                'D_mul')}
             # A bare conv_cfg becomes None (mmcv's default plain conv); a

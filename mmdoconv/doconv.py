@@ -25,6 +25,20 @@ def _check_positive_pair(name: str, value: _size_2_t) -> Tuple[int, int]:
     return tuple(int(v) for v in pair)
 
 
+def _check_padding(padding: Union[str, _size_2_t]) -> None:
+    if isinstance(padding, str):
+        if padding not in ('same', 'valid'):
+            raise ValueError(f"padding must be 'same', 'valid', an int or a "
+                             f'pair of ints >= 0, but got {padding!r}')
+        return
+    pair = _pair(padding)
+    if len(pair) != 2 or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool)
+            and v >= 0 for v in pair):
+        raise ValueError(f"padding must be 'same', 'valid', an int or a "
+                         f'pair of ints >= 0, but got {padding!r}')
+
+
 #: Named D_mul rules, for one config across kernel sizes (paper Table 8:
 #: M*N, (M+2)*(N+2), (2M)*(2N)).  The names have no brackets or commas, so
 #: they survive ``--cfg-options`` (mmengine's DictAction reads "(...)" as a
@@ -36,6 +50,13 @@ D_MUL_RULES: Dict[str, Callable[[int, int], int]] = {
 }
 D_MUL_ALIASES = {'M*N': 'MxN', '(M+2)*(N+2)': 'M+2xN+2', '(2M)*(2N)': '2Mx2N'}
 D_INITS = ('identity', 'random')
+
+
+def check_d_init(d_init: str) -> None:
+    """Raise ValueError unless ``d_init`` is one of :data:`D_INITS`."""
+    if d_init not in D_INITS:
+        raise ValueError(
+            f'D_init must be one of {D_INITS}, but got {d_init!r}')
 
 
 def resolve_d_mul(d_mul: Union[None, int, str], kernel_size: _size_2_t) -> int:
@@ -142,17 +163,18 @@ class DOConv2d(nn.Conv2d):
                  D_mul: Union[None, int, str] = None,
                  D_init: str = 'identity') -> None:
         # Checks nn.Conv2d leaves to the first forward (or never makes).
-        for name, value in (('in_channels', in_channels), ('out_channels',
-                                                           out_channels)):
-            if not isinstance(value, numbers.Integral) or value <= 0:
+        for name, value in (('in_channels', in_channels),
+                            ('out_channels', out_channels),
+                            ('groups', groups)):
+            if not isinstance(value, numbers.Integral) or isinstance(
+                    value, bool) or value <= 0:
                 raise ValueError(
                     f'{name} must be a positive int, but got {value!r}')
         _check_positive_pair('stride', stride)
         _check_positive_pair('dilation', dilation)
+        _check_padding(padding)
         d_mul = resolve_d_mul(D_mul, kernel_size)
-        if D_init not in D_INITS:
-            raise ValueError(
-                f'D_init must be one of {D_INITS}, but got {D_init!r}')
+        check_d_init(D_init)
         self.D_init = D_init
         super().__init__(in_channels, out_channels, kernel_size, stride,
                          padding, dilation, groups, bias, padding_mode,
@@ -302,6 +324,17 @@ class DOConv2d(nn.Conv2d):
             padded[..., :plain_weight[0, 0].numel()] = plain_weight.flatten(2)
             state_dict = dict(state_dict)
             state_dict[weight_key] = padded
+        loaded_d = state_dict.get(prefix + 'D')
+        if (self.D is not None and isinstance(loaded_d, Tensor)
+                and loaded_d.shape != self.D.shape):
+            # Loading would keep this layer's D and drop the trained one
+            # (a non-strict load only warns): refuse, naming both.
+            raise ValueError(
+                f'{prefix}D: the checkpoint\'s D has shape '
+                f'{tuple(loaded_d.shape)} (D_mul={loaded_d.shape[-1]}) but '
+                f'this layer\'s is {tuple(self.D.shape)} (D_mul={self.D_mul})'
+                f'; build the model with D_mul={loaded_d.shape[-1]}, or fold '
+                'the checkpoint (tools/fold_checkpoint.py) to start from W\'')
         local_missing: list = []
         super()._load_from_state_dict(state_dict, prefix, local_metadata,
                                       strict, local_missing, unexpected_keys,

@@ -64,23 +64,87 @@ def count_doconv(model: nn.Module) -> int:
         isinstance(m, DOConv2d) and m.D is not None for m in model.modules())
 
 
-def _is_doconv_entry(state_dict: Mapping[str, Tensor], key: str) -> bool:
-    if not (key == 'D' or key.endswith('.D')):
-        return False
-    weight = state_dict.get(key[:-1] + 'weight')
-    d = state_dict[key]
-    return (isinstance(d, Tensor) and d.dim() == 3
-            and isinstance(weight, Tensor) and weight.dim() in (3, 4))
+def _is_d_key(key: str) -> bool:
+    return key == 'D' or key.endswith('.D')
+
+
+def _kernel_size_of(state_dict: Mapping[str, Tensor], prefix: str,
+                    weight: Tensor, kernel_numel: int) -> Tuple[int, int]:
+    """(M, N) of a DO-Conv entry: from a 4-D weight, or its kernel_hw."""
+    if weight.dim() == 4:
+        return tuple(weight.shape[2:])
+    kernel_hw = state_dict.get(prefix + 'kernel_hw')
+    if kernel_hw is None:
+        raise ValueError(
+            f'{prefix}weight has shape {tuple(weight.shape)} (D_mul > M*N) '
+            f'but {prefix}kernel_hw, which records (M, N), is missing from '
+            'the state dict')
+    if not (isinstance(kernel_hw, Tensor) and not kernel_hw.is_floating_point()
+            and not kernel_hw.is_complex() and kernel_hw.shape == (2, )
+            and bool((kernel_hw > 0).all())):
+        raise ValueError(
+            f'{prefix}kernel_hw must be an integer tensor of two positive '
+            f'entries (M, N), but got {kernel_hw!r}')
+    kernel_size = tuple(int(v) for v in kernel_hw.tolist())
+    if kernel_size[0] * kernel_size[1] != kernel_numel:
+        raise ValueError(
+            f'{prefix}kernel_hw says {kernel_size} but D has {kernel_numel} '
+            'kernel positions')
+    return kernel_size
+
+
+def _check_entry(state_dict: Mapping[str, Tensor], key: str) -> Tuple[
+        Tensor, Tensor, Tuple[int, int], int]:
+    """Check one DO-Conv entry; return ``(D, W, (M, N), groups)``."""
+    prefix = key[:-1]
+    d, weight = state_dict[key], state_dict.get(prefix + 'weight')
+    if not (isinstance(d, Tensor) and d.dim() == 3 and d.is_floating_point()):
+        raise ValueError(
+            f'{key} must be a 3-D floating-point tensor (C_in, M*N, D_mul), '
+            f'but got {_describe(d)}')
+    if not (isinstance(weight, Tensor) and weight.dim() in (3, 4)):
+        raise ValueError(
+            f'{key} needs {prefix}weight, a 3-D or 4-D tensor, but got '
+            f'{_describe(weight)}')
+    if weight.dtype != d.dtype or weight.device != d.device:
+        raise ValueError(
+            f'{prefix}weight ({weight.dtype}, {weight.device}) and {key} '
+            f'({d.dtype}, {d.device}) must have the same dtype and device')
+    in_channels, kernel_numel, d_mul = d.shape
+    kernel_size = _kernel_size_of(state_dict, prefix, weight, kernel_numel)
+    out_channels, in_per_group = weight.shape[:2]
+    if (min(out_channels, in_per_group, in_channels, kernel_numel) == 0
+            or kernel_size[0] * kernel_size[1] != kernel_numel
+            or weight[0, 0].numel() != d_mul or in_channels % in_per_group
+            or out_channels % (in_channels // in_per_group)):
+        raise ValueError(
+            f'inconsistent DO-Conv entry {prefix[:-1]!r}: D has shape '
+            f'{tuple(d.shape)}, weight {tuple(weight.shape)}, kernel '
+            f'{kernel_size}; expected D (C_in, M*N, D_mul) and weight '
+            '(C_out, C_in/groups, M, N) or (C_out, C_in/groups, D_mul), '
+            'with groups dividing C_in and C_out')
+    return d, weight, kernel_size, in_channels // in_per_group
+
+
+def _describe(value) -> str:
+    if isinstance(value, Tensor):
+        return f'a {value.dim()}-D {value.dtype} tensor {tuple(value.shape)}'
+    return f'{type(value).__name__} {value!r}'[:80]
 
 
 @torch.no_grad()
 def fold_state_dict(state_dict: Mapping[str, Tensor]) -> 'OrderedDict':
     """Fold the DO-Conv layers of a state dict without building the model.
 
-    Every ``<prefix>.D`` with a sibling ``<prefix>.weight`` is composed into
-    that weight; ``D`` and ``kernel_hw`` are dropped.  Keys, order and every
-    other tensor are kept, so the result loads with ``strict=True`` into the
-    same model built with plain convolutions.  The input is not modified.
+    Every ``<prefix>.D`` is composed into its sibling ``<prefix>.weight``;
+    ``D`` and ``kernel_hw`` are dropped.  Keys, order and every other tensor
+    are kept, so the result loads with ``strict=True`` into the same model
+    built with plain convolutions.  The input is not modified.
+
+    Note:
+        ``kernel_hw`` is checked against D (two positive ints whose product
+        is ``M*N``); a ``kernel_hw`` that swaps M and N cannot be told apart
+        in a state dict, and shows up when the result is loaded strictly.
 
     Args:
         state_dict: A model state dict (e.g. ``checkpoint['state_dict']``).
@@ -89,40 +153,24 @@ def fold_state_dict(state_dict: Mapping[str, Tensor]) -> 'OrderedDict':
         A new state dict with plain conv weights.
 
     Raises:
-        ValueError: If a DO-Conv entry's shapes are inconsistent.
+        TypeError: If ``state_dict`` is not a mapping.
+        ValueError: If a ``D`` entry is malformed, naming the key.
     """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f'fold_state_dict expects a state dict (a mapping of '
+                        f'names to tensors), but got {_describe(state_dict)}')
     folded_weights = {}
     dropped = set()
     for key in state_dict:
-        if not _is_doconv_entry(state_dict, key):
+        if not isinstance(key, str) or not _is_d_key(key):
             continue
         prefix = key[:-1]
-        d, weight = state_dict[key], state_dict[prefix + 'weight']
-        in_channels, kernel_numel, d_mul = d.shape
-        if weight.dim() == 4:
-            kernel_size = tuple(weight.shape[2:])
-        elif prefix + 'kernel_hw' in state_dict:
-            kernel_size = tuple(state_dict[prefix + 'kernel_hw'].tolist())
-            dropped.add(prefix + 'kernel_hw')
-        else:
-            raise ValueError(
-                f'{prefix}weight has shape {tuple(weight.shape)} (D_mul > '
-                f'M*N) but {prefix}kernel_hw, which records (M, N), is '
-                'missing from the state dict')
-        in_per_group = weight.shape[1]
-        if (kernel_size[0] * kernel_size[1] != kernel_numel
-                or weight[0, 0].numel() != d_mul
-                or in_per_group == 0 or in_channels % in_per_group):
-            raise ValueError(
-                f'inconsistent DO-Conv entry {prefix[:-1]!r}: D has shape '
-                f'{tuple(d.shape)}, weight {tuple(weight.shape)}, kernel '
-                f'{kernel_size}')
-        groups = in_channels // in_per_group
+        d, weight, kernel_size, groups = _check_entry(state_dict, key)
         identity = doconv_identity(
-            kernel_numel, d_mul, dtype=d.dtype, device=d.device)
-        composed = compose_kernel(weight, d, identity, kernel_size, groups)
-        folded_weights[prefix + 'weight'] = composed.to(weight.dtype)
-        dropped.add(key)
+            d.shape[1], d.shape[2], dtype=d.dtype, device=d.device)
+        folded_weights[prefix + 'weight'] = compose_kernel(
+            weight, d, identity, kernel_size, groups)
+        dropped.update((key, prefix + 'kernel_hw'))
     result = OrderedDict()
     for key, value in state_dict.items():
         if key not in dropped:

@@ -10,43 +10,59 @@ from mmengine.registry import MODELS
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from .doconv import DOConv2d, resolve_d_mul
+from .doconv import DOConv2d, check_d_init, resolve_d_mul
 
 
-def build_doconv(in_channels: int,
-                 out_channels: int,
-                 kernel_size: Union[int, tuple],
-                 *args,
-                 D_mul: Union[None, int, str] = None,
-                 D_init: str = 'identity',
-                 **kwargs) -> nn.Conv2d:
-    """Build the layer behind ``conv_cfg=dict(type='DOConv', ...)``.
+class DOConv(DOConv2d):
+    """The layer behind ``conv_cfg=dict(type='DOConv', ...)``.
 
     The paper replaces only non-pointwise convolutions (§4): a 1x1 kernel has
-    no spatial patch for the depthwise kernel, so for it this returns a plain
-    ``nn.Conv2d``.  OpenMMLab backbones pass one ``conv_cfg`` to every conv,
-    1x1 included, so this is where that rule has to live.
+    no spatial patch for the depthwise kernel, so for it constructing this
+    class returns a plain ``nn.Conv2d``.  OpenMMLab backbones pass one
+    ``conv_cfg`` to every conv, 1x1 included, so this is where that rule has
+    to live.  It is a class (not a builder function), so every entry of the
+    registry is a type, as mmcv's own code and tests expect.
 
     Args:
         in_channels, out_channels, kernel_size, *args, **kwargs: As for
             ``nn.Conv2d``.
         D_mul: Depth multiplier, ``>= M*N`` (default ``M*N``), or a rule name
-            (see :func:`~mmdoconv.doconv.resolve_d_mul`); checked but unused
-            for 1x1 kernels.
-        D_init: ``'identity'`` or ``'random'`` (see :class:`DOConv2d`).
+            (see :func:`~mmdoconv.doconv.resolve_d_mul`); checked for 1x1
+            kernels too.
+        D_init: ``'identity'`` or ``'random'`` (see :class:`DOConv2d`);
+            checked for 1x1 kernels too.
 
     Returns:
-        A :class:`DOConv2d`, or an ``nn.Conv2d`` for a 1x1 kernel.
+        A :class:`DOConv` (a :class:`DOConv2d`), or an ``nn.Conv2d`` for a
+        1x1 kernel.
     """
+
+    def __new__(cls, *args, **kwargs) -> nn.Conv2d:
+        if not args and not kwargs:  # copy.deepcopy and pickle
+            return super().__new__(cls)
+        return _new_doconv(cls, *args, **kwargs)
+
+
+def _new_doconv(cls: type,
+                in_channels: int,
+                out_channels: int,
+                kernel_size: Union[int, tuple],
+                *args,
+                D_mul: Union[None, int, str] = None,
+                D_init: str = 'identity',
+                **kwargs) -> nn.Conv2d:
     resolve_d_mul(D_mul, kernel_size)
+    check_d_init(D_init)
     if _pair(kernel_size) == (1, 1):
+        # Not an instance of cls, so Python skips DOConv.__init__.
         return nn.Conv2d(in_channels, out_channels, kernel_size, *args,
                          **kwargs)
-    return DOConv2d(
-        in_channels, out_channels, kernel_size, *args, D_mul=D_mul,
-        D_init=D_init, **kwargs)
+    return super(DOConv, cls).__new__(cls)
 
 
-MODELS.register_module(name='DOConv', module=build_doconv)
+#: The old name of the builder, kept for code that imported it.
+build_doconv = DOConv
+
+MODELS.register_module(name='DOConv', module=DOConv)
 # The class itself, for configs that want a DOConv2d even for 1x1 kernels.
 MODELS.register_module(name='DOConv2d', module=DOConv2d)
