@@ -97,8 +97,9 @@ def convert_reference_state_dict(
         same_mapping = groups == 1 or (groups == in_channels
                                        and out_channels == in_channels)
         if same_mapping:
-            weight = w if d_mul > kernel_numel else w.reshape(
-                out_channels, in_per_group, kernel_h, kernel_w)
+            weight = w.reshape(out_channels, in_per_group, 1, d_mul) \
+                if d_mul > kernel_numel else w.reshape(
+                    out_channels, in_per_group, kernel_h, kernel_w)
             result[prefix + 'weight'] = weight
             result[prefix + 'D'] = d_minus_identity
         else:
@@ -109,8 +110,9 @@ def convert_reference_state_dict(
                 'exactly as its folded kernel with D = 0')
             kernel = _reference_kernel(w, d + d_diag, groups)
             if d_mul > kernel_numel:
-                weight = w.new_zeros(out_channels, in_per_group, d_mul)
-                weight[..., :kernel_numel] = kernel
+                weight = w.new_zeros(out_channels, in_per_group, 1, d_mul)
+                weight[..., :kernel_numel] = kernel.reshape(
+                    out_channels, in_per_group, 1, kernel_numel)
             else:
                 weight = kernel.reshape(out_channels, in_per_group, kernel_h,
                                         kernel_w)

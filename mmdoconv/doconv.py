@@ -8,6 +8,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_tracing
 from torch.nn.modules.utils import _pair
 
 from .compose import compose_kernel, doconv_identity
@@ -98,6 +99,28 @@ def resolve_d_mul(d_mul: Union[None, int, str], kernel_size: _size_2_t) -> int:
     return int(d_mul)
 
 
+def compose_weight(weight: Tensor, d_minus_identity: Tensor,
+                   identity: Tensor, kernel_size: Tuple[int, int],
+                   groups: int) -> Tensor:
+    """:func:`~mmdoconv.compose.compose_kernel` in the parameters' dtype.
+
+    Under autocast the composition still runs in the parameters' dtype (the
+    conv itself is autocast's); ``torch.fx`` records this function as one
+    call (``torch.fx.wrap`` below), so symbolic tracing sees the layer as
+    ``compose_weight`` + ``conv2d`` without evaluating the autocast check.
+    """
+    device_type = weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type=device_type, enabled=False):
+            return compose_kernel(weight, d_minus_identity, identity,
+                                  kernel_size, groups)
+    return compose_kernel(weight, d_minus_identity, identity, kernel_size,
+                          groups)
+
+
+torch.fx.wrap('compose_weight')
+
+
 class DOConv2d(nn.Conv2d):
     """Depthwise over-parameterized 2D convolution (DO-Conv, DO-DConv, DO-GConv).
 
@@ -110,13 +133,14 @@ class DOConv2d(nn.Conv2d):
 
     - ``weight`` is ``W``.  With ``D_mul == M*N`` it has a plain conv's shape
       and name, so plain pretrained checkpoints load unchanged; with
-      ``D_mul > M*N`` it is ``(C_out, C_in/groups, D_mul)``.
+      ``D_mul > M*N`` it is ``(C_out, C_in/groups, 1, D_mul)`` (4-D, so code
+      that scales a conv weight per output channel works on it).
     - ``D`` holds ``D - I``, shape ``(C_in, M*N, D_mul)``, zero at
       initialisation, so a fresh layer computes exactly what the plain conv
       with the same weight computes.  The identity is never stored in the
       state dict nor given to the optimizer.
-    - ``kernel_hw`` (only when ``D_mul > M*N``) records ``(M, N)``, which the
-      3-D ``weight`` cannot tell apart, for :func:`~mmdoconv.fold_state_dict`.
+    - ``kernel_hw`` (only when ``D_mul > M*N``) records ``(M, N)``, which
+      ``weight`` of that shape cannot tell apart, for :func:`~mmdoconv.fold_state_dict`.
     - A 1x1 kernel has no spatial patch to over-parameterize (paper §4), and
       a layer after :meth:`switch_to_deploy` has been folded: in both ``D`` is
       None and the layer is a plain convolution.
@@ -138,9 +162,12 @@ class DOConv2d(nn.Conv2d):
             (He-normal D with fan-in ``M*N``; paper Table 7).
 
     Note:
-        Fold DO-Conv layers (:func:`~mmdoconv.fold_doconv`) before fusing
-        conv and BN (``mmcv.cnn.fuse_conv_bn``): the fuser reads
-        ``conv.weight``, which is ``W``, not the composed ``W'``.
+        Code written for ``nn.Conv2d`` that scales ``conv.weight`` per output
+        channel stays right: mmcv's ``fuse_conv_bn`` (the layer keeps D and
+        convolves with ``D^T o (c W) = c W'``) and ``efficient_conv_bn_eval``
+        (see :meth:`_conv_forward`).  Code that copies ``conv.weight`` into a
+        new plain conv would take W, not W': fold first
+        (:func:`~mmdoconv.fold_doconv`).
 
     Example:
         >>> layer = DOConv2d(16, 32, 3, padding=1)
@@ -190,8 +217,11 @@ class DOConv2d(nn.Conv2d):
             self.register_buffer('_identity', None, persistent=False)
             return
         if d_mul > kernel_numel:
+            # 4-D like every conv weight, so code that scales it per output
+            # channel (BN fusers: weight * factor.reshape(-1, 1, 1, 1))
+            # stays right; see _conv_forward.
             self.weight = nn.Parameter(
-                torch.empty(out_channels, in_channels // groups, d_mul,
+                torch.empty(out_channels, in_channels // groups, 1, d_mul,
                             **factory_kwargs))
             self.register_buffer(
                 'kernel_hw',
@@ -223,30 +253,39 @@ class DOConv2d(nn.Conv2d):
         """The plain conv kernel ``W'`` this layer currently convolves with."""
         if self.D is None:
             return self.weight
-        if self.training or torch.is_grad_enabled():
-            return self._compose()  # autograd needs a fresh composition
+        if (self.training or torch.is_grad_enabled()
+                or is_fx_tracing()):  # FX: no cache key on proxies
+            return self._compose(self.weight)  # autograd needs a fresh one
         key = (self.weight._version, self.D._version, self.weight.data_ptr(),
                self.D.data_ptr(), self.weight.dtype, self.weight.device)
         if key != self._cache_key:
-            self._cached_kernel = self._compose()
+            self._cached_kernel = self._compose(self.weight)
             self._cache_key = key
         return self._cached_kernel
 
-    def _compose(self) -> Tensor:
-        """Compose W' in the parameters' dtype, never in autocast's."""
-        device_type = self.weight.device.type
-        if torch.is_autocast_enabled(device_type):
-            with torch.autocast(device_type=device_type, enabled=False):
-                return self._compose_unchecked()
-        return self._compose_unchecked()
-
-    def _compose_unchecked(self) -> Tensor:
-        return compose_kernel(self.weight, self.D, self._identity,
+    def _compose(self, weight: Tensor) -> Tensor:
+        return compose_weight(weight, self.D, self._identity,
                               self.kernel_size, self.groups)
 
     def forward(self, input: Tensor) -> Tensor:
-        # _conv_forward handles padding_mode, unlike a bare F.conv2d.
-        return self._conv_forward(input, self.composed_weight(), self.bias)
+        return self._conv_forward(input, self.weight, self.bias)
+
+    def _conv_forward(self, input: Tensor, weight: Tensor,
+                      bias: Optional[Tensor]) -> Tensor:
+        """Convolve with the composition of D and ``weight``.
+
+        ``weight`` is W in W's layout: this layer's own, or what code written
+        for ``nn.Conv2d`` hands in place of it.  mmcv's
+        ``efficient_conv_bn_eval`` and BN fusers pass ``W`` scaled per output
+        channel; that scaling commutes with the composition (W' is linear in
+        W, and D acts on input channels and kernel positions only), so
+        composing here gives exactly the plain model's answer on those paths.
+        """
+        if self.D is not None:
+            weight = self.composed_weight() if weight is self.weight \
+                else self._compose(weight)
+        # nn.Conv2d._conv_forward handles padding_mode, unlike F.conv2d.
+        return super()._conv_forward(input, weight, bias)
 
     def train(self, mode: bool = True) -> 'DOConv2d':
         self._cached_kernel = self._cache_key = None
@@ -276,7 +315,7 @@ class DOConv2d(nn.Conv2d):
             padding_mode=self.padding_mode,
             device=self.weight.device,
             dtype=self.weight.dtype)
-        plain.weight.copy_(self._compose_unchecked() if self.D is not None
+        plain.weight.copy_(self._compose(self.weight) if self.D is not None
                            else self.weight)
         plain.weight.requires_grad_(self.weight.requires_grad)
         if self.bias is not None:
@@ -295,7 +334,7 @@ class DOConv2d(nn.Conv2d):
         """
         if self.D is None:
             return
-        kernel = self._compose_unchecked()
+        kernel = self._compose(self.weight)
         self.weight = nn.Parameter(
             kernel, requires_grad=self.weight.requires_grad)
         self.D = None
@@ -310,20 +349,27 @@ class DOConv2d(nn.Conv2d):
                               error_msgs) -> None:
         """Load plain conv checkpoints too: a missing D means D = I.
 
-        A plain 4-D ``weight`` loads into a ``D_mul > M*N`` layer as ``W``
-        padded with zeros, which composes back to the same kernel.
+        A plain ``(C_out, C_in/groups, M, N)`` weight loads into a
+        ``D_mul > M*N`` layer as ``W`` padded with zeros, which composes back
+        to the same kernel; a 3-D ``(C_out, C_in/groups, D_mul)`` weight (the
+        layout of earlier mmdoconv versions) loads too.
         """
         weight_key = prefix + 'weight'
-        plain_weight = state_dict.get(weight_key)
-        if (self.D is not None and self.weight.dim() == 3
-                and isinstance(plain_weight, Tensor)
-                and plain_weight.dim() == 4
-                and plain_weight.shape[2:] == self.kernel_size):
-            padded = plain_weight.new_zeros(
-                *plain_weight.shape[:2], self.D_mul)
-            padded[..., :plain_weight[0, 0].numel()] = plain_weight.flatten(2)
-            state_dict = dict(state_dict)
-            state_dict[weight_key] = padded
+        loaded_weight = state_dict.get(weight_key)
+        if (self.D is not None and isinstance(loaded_weight, Tensor)
+                and self.D_mul > self.D.shape[1]):
+            out_channels, in_per_group = self.weight.shape[:2]
+            if (loaded_weight.dim() == 4
+                    and loaded_weight.shape[2:] == self.kernel_size):
+                # A plain kernel: W padded with zeros composes back to it.
+                padded = loaded_weight.new_zeros(self.weight.shape)
+                padded[..., :self.D.shape[1]] = loaded_weight.reshape(
+                    out_channels, in_per_group, 1, -1)
+                state_dict = dict(state_dict)
+                state_dict[weight_key] = padded
+            elif loaded_weight.dim() == 3:  # mmdoconv < 0.2 stored W 3-D
+                state_dict = dict(state_dict)
+                state_dict[weight_key] = loaded_weight.unsqueeze(2)
         loaded_d = state_dict.get(prefix + 'D')
         if (self.D is not None and isinstance(loaded_d, Tensor)
                 and loaded_d.shape != self.D.shape):

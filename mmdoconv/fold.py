@@ -71,8 +71,8 @@ def _is_d_key(key: str) -> bool:
 def _kernel_size_of(state_dict: Mapping[str, Tensor], prefix: str,
                     weight: Tensor, kernel_numel: int) -> Tuple[int, int]:
     """(M, N) of a DO-Conv entry: from a 4-D weight, or its kernel_hw."""
-    if weight.dim() == 4:
-        return tuple(weight.shape[2:])
+    if weight.dim() == 4 and weight[0, 0].numel() == kernel_numel:
+        return tuple(weight.shape[2:])  # D_mul == M*N: a plain kernel
     kernel_hw = state_dict.get(prefix + 'kernel_hw')
     if kernel_hw is None:
         raise ValueError(
@@ -121,7 +121,7 @@ def _check_entry(state_dict: Mapping[str, Tensor], key: str) -> Tuple[
             f'inconsistent DO-Conv entry {prefix[:-1]!r}: D has shape '
             f'{tuple(d.shape)}, weight {tuple(weight.shape)}, kernel '
             f'{kernel_size}; expected D (C_in, M*N, D_mul) and weight '
-            '(C_out, C_in/groups, M, N) or (C_out, C_in/groups, D_mul), '
+            '(C_out, C_in/groups, M, N) or (C_out, C_in/groups, 1, D_mul), '
             'with groups dividing C_in and C_out')
     return d, weight, kernel_size, in_channels // in_per_group
 

@@ -7,7 +7,7 @@ import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import nn
 
@@ -128,7 +128,12 @@ class DOConvFoldHook(Hook):
             return
         model = self._model(runner)
         probe = None
-        if data_batch is not None:
+        if isinstance(model, BaseTTAModel):
+            # A TTA batch is a list of augmented batches, which the wrapped
+            # model's mode='tensor' forward does not take.
+            print_log('DOConvFoldHook: no probe batch for a TTA model',
+                      'current', logging.DEBUG)
+        elif data_batch is not None:
             try:
                 data = model.data_preprocessor(data_batch, False)
                 probe = model(**data, mode='tensor')

@@ -87,7 +87,8 @@ def kernel_change_maps(model: nn.Module, prefix: str = ''
     maps = {}
     for name, module in model.named_modules():
         if not (isinstance(module, DOConv2d) and module.D is not None
-                and name.startswith(prefix) and module.weight.dim() == 4):
+                and name.startswith(prefix)
+                and module.D_mul == module.D.shape[1]):
             continue
         # W' - W is the composition with D - I alone: computing it that way
         # avoids the cancellation of W' - W in float32 when D is small.

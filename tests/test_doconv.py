@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mmdoconv import DOConv2d
+from mmdoconv import DOConv2d, doconv_identity
 from reference import feature_composition, identity_part
 
 
@@ -142,7 +142,7 @@ def test_fresh_layer_initialises_d_to_zero_and_w_like_conv():
 def test_d_mul_layouts(d_mul):
     layer = DOConv2d(4, 6, 3, D_mul=d_mul)
     assert layer.D.shape == (4, 9, d_mul)
-    expected_weight = (6, 4, 3, 3) if d_mul == 9 else (6, 4, d_mul)
+    expected_weight = (6, 4, 3, 3) if d_mul == 9 else (6, 4, 1, d_mul)
     assert tuple(layer.weight.shape) == expected_weight
     keys = set(layer.state_dict())
     assert keys == ({'weight', 'bias', 'D'} if d_mul == 9 else
@@ -154,9 +154,13 @@ def test_identity_is_neither_state_nor_parameter():
     layer = DOConv2d(4, 6, 3, D_mul=20)
     assert {name for name, _ in layer.named_parameters()} == {
         'weight', 'bias', 'D'}
-    assert not any(torch.equal(t.float(), torch.eye(9, 20))
-                   for t in layer.state_dict().values()
-                   if t.shape == (9, 20))
+    # The identity part for D_mul = 20 is [I I 0] (paper §4.5), not eye(9, 20).
+    identity = doconv_identity(9, 20)
+    assert torch.equal(layer._identity, identity)
+    assert torch.equal(identity[:, 9:18], torch.eye(9))
+    state = layer.state_dict()
+    assert not any(torch.equal(t, identity) for t in state.values())
+    assert torch.equal(state['D'], torch.zeros(4, 9, 20))  # D - I at init
 
 
 def test_gradcheck_input_d_and_w():
@@ -169,8 +173,8 @@ def test_gradcheck_input_d_and_w():
         x = torch.randn(1, 4, 5, 5, dtype=torch.float64, requires_grad=True)
 
         def fn(x, weight, d):
-            return layer._conv_forward(
-                x, _compose(layer, weight, d), layer.bias)
+            return nn.Conv2d._conv_forward(
+                layer, x, _compose(layer, weight, d), layer.bias)
 
         assert torch.autograd.gradcheck(
             fn, (x, layer.weight, layer.D), eps=1e-6, atol=1e-5)
@@ -199,17 +203,17 @@ class _CountingCompose:
 
     def __init__(self, layer):
         self.calls = 0
-        self._inner = layer._compose_unchecked
+        self._inner = layer._compose
 
-    def __call__(self):
+    def __call__(self, weight):
         self.calls += 1
-        return self._inner()
+        return self._inner(weight)
 
 
 def test_eval_without_grad_composes_once_until_parameters_change():
     layer = DOConv2d(4, 4, 3, padding=1)
     counter = _CountingCompose(layer)
-    layer._compose_unchecked = counter
+    layer._compose = counter
     x = torch.randn(1, 4, 5, 5)
     layer.eval()
     with torch.no_grad():
@@ -271,14 +275,14 @@ def test_autocast_composes_in_float32():
     with torch.no_grad():
         layer.D.normal_()
     seen = {}
-    inner = layer._compose_unchecked
+    inner = layer._compose
 
-    def spy():
-        kernel = inner()
+    def spy(weight):
+        kernel = inner(weight)
         seen['dtype'] = kernel.dtype
         return kernel
 
-    layer._compose_unchecked = spy
+    layer._compose = spy
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = layer(torch.randn(1, 4, 5, 5))
     assert seen['dtype'] == torch.float32

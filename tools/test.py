@@ -2,7 +2,9 @@
 
 Takes the flags of mmdet's tools/test.py, plus ``--deploy`` (the mmyolo
 convention): fold every DO-Conv layer before the first test iteration, so the
-metric is the deployed plain-conv model's.
+metric is the deployed plain-conv model's.  Without ``--deploy`` the model is
+tested as trained (D and W), whatever the config's DOConvFoldHook says;
+mmdet's / mmseg's own tools/test.py follow the config (folded).
 """
 import argparse
 import os
@@ -29,7 +31,8 @@ def parse_args() -> argparse.Namespace:
         help='dump predictions to a pickle file for offline evaluation')
     parser.add_argument(
         '--deploy', action='store_true',
-        help='fold DO-Conv layers into plain convs before testing')
+        help='fold DO-Conv layers into plain convs before testing (without '
+        'it: the model as trained, unfolded)')
     parser.add_argument('--show', action='store_true', help='show results')
     parser.add_argument(
         '--show-dir', help='directory where painted images will be saved')
@@ -48,6 +51,19 @@ def parse_args() -> argparse.Namespace:
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
+
+
+def set_test_folding(cfg, deploy: bool) -> None:
+    """Make ``--deploy`` decide folding, whatever the config's hook says.
+
+    Without it the model is tested as trained (D and W); with it every
+    DO-Conv layer is folded first, as the deployed model runs.
+    """
+    if deploy:
+        add_hook_once(cfg, dict(type='DOConvFoldHook'))
+    for hook in cfg.get('custom_hooks') or []:
+        if isinstance(hook, dict) and hook.get('type') == 'DOConvFoldHook':
+            hook['fold_test'] = deploy
 
 
 def trigger_visualization_hook(cfg, args) -> None:
@@ -79,8 +95,7 @@ def main() -> None:
     cfg = prepare_run_config(args.config, args.cfg_options, args.launcher,
                              args.work_dir)
     cfg.load_from = args.checkpoint
-    if args.deploy:
-        add_hook_once(cfg, dict(type='DOConvFoldHook'))
+    set_test_folding(cfg, args.deploy)
     if args.show or args.show_dir:
         trigger_visualization_hook(cfg, args)
     if args.tta:
