@@ -7,7 +7,7 @@
 #   does not run on it ("operator torchvision::nms does not exist"); the CUDA build
 #   runs fine without a GPU.  So that one step ignores the local find-links.
 # - mmcv 2.1.0 ships only as source: it is built once with its compiled ops
-#   (~9 min on 2 cores) and the wheel is cached under a key that includes the
+#   (~13 min on 2 cores) and the wheel is cached under a key that includes the
 #   torch version it was built against; pip's own cache is keyed by source only.
 # - Every step is skipped when what it installs is already there, so a second
 #   run takes seconds.
@@ -60,15 +60,25 @@ if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'
   CACHE_DIR="$WHEEL_CACHE/torch-$TORCH_KEY"
   mkdir -p "$CACHE_DIR"
   if ! ls "$CACHE_DIR"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
-    step "building mmcv==$MMCV_VERSION with ops against torch $TORCH_KEY (first time only, ~9 min on 2 cores)"
+    step "building mmcv==$MMCV_VERSION with ops against torch $TORCH_KEY (first time only, ~13 min on 2 cores)"
     LOG="$CACHE_DIR/build.log"
     # -v prints each compiled file; show a running count so the wait is visible.
     ( MMCV_WITH_OPS=1 MAX_JOBS="$(nproc)" FORCE_CUDA=0 "${PIP[@]}" wheel -v --no-deps \
         --no-build-isolation --no-binary mmcv "mmcv==$MMCV_VERSION" -w "$CACHE_DIR/tmp" >"$LOG" 2>&1 ) &
     build_pid=$!
+    build_start=$(date +%s)
     while kill -0 "$build_pid" 2>/dev/null; do
       sleep 30
-      step "  mmcv build: $(grep -cE '\.(cpp|cu)\b.*-o|Building CXX|\[[0-9]+/[0-9]+\]' "$LOG" || true) compile steps logged ($LOG)"
+      # ninja prints [done/total] per compile step; estimate from the pace.
+      progress=$(grep -oE '\[[0-9]+/[0-9]+\]' "$LOG" | tail -n 1 | tr -d '[]' || true)
+      if [ -n "$progress" ]; then
+        done_steps=${progress%/*}; total_steps=${progress#*/}
+        elapsed=$(( $(date +%s) - build_start ))
+        left=$(( elapsed * (total_steps - done_steps) / (done_steps > 0 ? done_steps : 1) / 60 ))
+        step "  mmcv build: $done_steps/$total_steps compile steps, about $left min left"
+      else
+        step "  mmcv build: preparing (log: $LOG)"
+      fi
     done
     wait "$build_pid" || { tail -30 "$LOG"; echo "error: mmcv build failed, full log in $LOG"; exit 1; }
     mv "$CACHE_DIR"/tmp/mmcv-"$MMCV_VERSION"-*.whl "$CACHE_DIR"/
