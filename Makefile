@@ -12,7 +12,7 @@ $(STAMP): tools/setup_env.sh requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PYTHON) tools/demo.py
+	$(PYTHON) tools/demo.py $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest tests

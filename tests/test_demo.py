@@ -34,6 +34,10 @@ def test_quick_demo_writes_every_artifact(tmp_path):
     for row in rows:
         assert row['metric_unfolded'] is not None
         assert row['metric_folded'] == row['metric_unfolded']
+        # Raw outputs, not only metrics: the fold hook's probe compares the
+        # mode='tensor' outputs of the unfolded and folded model.
+        assert row['fold_max_abs_diff'] is not None
+        assert row['fold_max_abs_diff'] <= 1e-5
         assert row['onnx_max_diff'] < 1e-3
         # DO-Conv adds D at train time; the deployed model is the baseline.
         assert row['train_params'] > row['deployed_params']

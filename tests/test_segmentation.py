@@ -1,4 +1,5 @@
 """DeepLabv3 with DO-Conv (paper Table 4) on synthetic Cityscapes and VOC aug."""
+import copy
 import re
 
 import pytest
@@ -9,7 +10,7 @@ from mmengine.runner import Runner
 from torch import nn
 
 import mmdoconv  # noqa: F401
-from mmdoconv import DOConv2d
+from mmdoconv import DOConv2d, fold_doconv
 from runs import as_cli, config_path, run_tool, segmentation_options
 from test_detection import _flatten
 
@@ -92,6 +93,19 @@ def test_doconv_task_trains_and_folded_miou_equals_unfolded(
                    for m in runner.model.modules())
     runner.train()
     folded_val = runner.message_hub.get_scalar('val/mIoU').current()
+    # Raw logits, not only mIoU (which a one-class model would also match):
+    # the folded model gives the unfolded model's logits on a val batch.
+    model = runner.model.eval()
+    assert any(m.D.abs().sum() > 0 for m in model.modules()
+               if isinstance(m, DOConv2d))
+    data = model.data_preprocessor(next(iter(runner.val_dataloader)), False)
+    folded_model = copy.deepcopy(model)
+    assert fold_doconv(folded_model) == TASK_STAGE_DOCONV[dataset]
+    with torch.no_grad():
+        logits = model(**data, mode='tensor')
+        torch.testing.assert_close(folded_model(**data, mode='tensor'),
+                                   logits, rtol=0, atol=0)
+    assert logits.std() > 0
     checkpoint = str(tmp_path / 'train' / 'iter_2.pth')
     assert (tmp_path / 'train' / 'iter_2_folded.pth').is_file()
     for mode in ('whole', 'slide'):
