@@ -1,24 +1,29 @@
 """mmdoconv: DO-Conv (arXiv 2006.12030) for OpenMMLab.
 
 Importing this package registers the ``DOConv`` conv type in mmengine's root
-MODELS registry, so ``conv_cfg=dict(type='DOConv')`` works in mmdet, mmseg
-and mmpretrain configs.
+MODELS registry (so ``conv_cfg=dict(type='DOConv')`` works in mmdet, mmseg
+and mmpretrain configs), the fold hook, the CPU runtime helpers, and safe
+loaders for every checkpoint scheme mmengine knows.
+
+Layout: :mod:`mmdoconv.cnn` (the layer and its maths),
+:mod:`mmdoconv.deploy` (folding, plain configs, ONNX),
+:mod:`mmdoconv.engine` (hook, CPU AMP and DDP), :mod:`mmdoconv.models`
+(OpenMMLab module variants and weight initialisers), :mod:`mmdoconv.utils`
+(checkpoint safety, converters, benchmark and tool helpers).
 """
 import importlib.util
 
-from .checkpoint import (InvalidCheckpointError, UnsafeCheckpointError,
-                         load_checkpoint_file, load_checkpoint_url,
-                         register_safe_loaders, save_folded_checkpoint)
-from .compose import compose_kernel, doconv_identity
-from .convert import convert_reference_state_dict
-from .dist import CPUAwareDistributedDataParallel
-from .doconv import DOConv2d
-from .fold import (count_doconv, fold_doconv, fold_state_dict,
-                   swap_in_folded)
-from .amp import CPUBf16OptimWrapper
-from .fold_hook import DOConvFoldHook
-from .pretrained import PretrainedDOConvInit
-from .registry import DOConv, build_doconv
+from .cnn import DOConv, DOConv2d, build_doconv, compose_kernel, \
+    doconv_identity
+from .deploy import count_doconv, fold_doconv, fold_state_dict, \
+    swap_in_folded
+from .engine import (CPUAwareDistributedDataParallel, CPUBf16OptimWrapper,
+                     DOConvFoldHook)
+from .models.pretrained import PretrainedDOConvInit
+from .utils import (InvalidCheckpointError, UnsafeCheckpointError,
+                    convert_reference_state_dict, load_checkpoint_file,
+                    load_checkpoint_url, register_safe_loaders,
+                    save_folded_checkpoint)
 from .version import __version__
 
 # OpenMMLab modules with a DO-Conv variant, registered when installed.
@@ -34,11 +39,9 @@ register_safe_loaders()
 __all__ = [
     'DOConv2d', 'DOConv', 'build_doconv', 'compose_kernel', 'doconv_identity',
     'fold_doconv', 'fold_state_dict', 'count_doconv', 'swap_in_folded',
-    'DOConvFoldHook',
-    'CPUBf16OptimWrapper', 'PretrainedDOConvInit',
-    'CPUAwareDistributedDataParallel',
-    'convert_reference_state_dict', 'UnsafeCheckpointError',
-    'InvalidCheckpointError', 'load_checkpoint_file', 'load_checkpoint_url',
-    'register_safe_loaders', 'save_folded_checkpoint',
+    'DOConvFoldHook', 'CPUBf16OptimWrapper', 'PretrainedDOConvInit',
+    'CPUAwareDistributedDataParallel', 'convert_reference_state_dict',
+    'UnsafeCheckpointError', 'InvalidCheckpointError', 'load_checkpoint_file',
+    'load_checkpoint_url', 'register_safe_loaders', 'save_folded_checkpoint',
     '__version__'
 ]

@@ -1,8 +1,10 @@
 import os
 import sys
 
-# Tests import helpers (tests/reference.py) by module name.
+# Tests import helpers (tests/reference.py) by module name, and the workshop
+# (synthetic data, recipes) from the repository root.
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 import pytest  # noqa: E402
@@ -11,7 +13,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope='session')
 def synthetic_data(tmp_path_factory):
     """The synthetic datasets, written once per test session."""
-    from mmdoconv.synthetic import write_datasets
+    from workshop.synthetic import write_datasets
     data_dir = tmp_path_factory.mktemp('data')
     roots = write_datasets(
         ['coco', 'cityscapes', 'voc', 'imagenet'], str(data_dir),

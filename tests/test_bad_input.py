@@ -116,7 +116,7 @@ def test_loading_another_d_mul_names_the_mismatch(tmp_path):
 
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
-    """Run tools/<name>.py in this process; return (exit code, stderr)."""
+    """Run tools/<path>.py in this process; return (exit code, stderr)."""
     handler = signal.getsignal(signal.SIGTERM)
 
     def run(tool, *args):
@@ -205,7 +205,7 @@ def test_export_onnx_refuses_to_overwrite(run_cli, tmp_path,
     out = tmp_path / 'model.onnx'
     out.write_bytes(b'precious')
     _assert_one_line_error(
-        run_cli('export_onnx.py', RESNET_DOCONV, doconv_resnet_checkpoint,
+        run_cli('deployment/export_onnx.py', RESNET_DOCONV, doconv_resnet_checkpoint,
                 out), 'model.onnx', '--overwrite')
     assert out.read_bytes() == b'precious'
 
@@ -215,33 +215,33 @@ def test_synthetic_data_never_touches_real_data(run_cli, tmp_path):
     real.mkdir(parents=True)
     (real / 'instances_train2017.json').write_text('{"real": true}')
     _assert_one_line_error(
-        run_cli('make_synthetic_data.py', 'coco', '--data-dir', tmp_path,
+        run_cli('misc/make_synthetic_data.py', 'coco', '--data-dir', tmp_path,
                 '--force'), 'did not write')
     assert (real / 'instances_train2017.json').read_text() == \
         '{"real": true}'
 
 
 @pytest.mark.parametrize('tool,args,phrases', [
-    ('fold_checkpoint.py', ['{config}', '{empty}', '{tmp}/out'],
+    ('model_converters/fold_checkpoint.py', ['{config}', '{empty}', '{tmp}/out'],
      ['empty.pth', 'not a readable PyTorch checkpoint']),
-    ('fold_checkpoint.py', ['{config}', '{text}', '{tmp}/out'],
+    ('model_converters/fold_checkpoint.py', ['{config}', '{text}', '{tmp}/out'],
      ['text.pth', 'not a readable PyTorch checkpoint']),
-    ('fold_checkpoint.py', ['{config}', '{random}', '{tmp}/out'],
+    ('model_converters/fold_checkpoint.py', ['{config}', '{random}', '{tmp}/out'],
      ['random.pth', 'not a readable PyTorch checkpoint']),
-    ('fold_checkpoint.py', ['{syntax}', '{empty}', '{tmp}/out'],
+    ('model_converters/fold_checkpoint.py', ['{syntax}', '{empty}', '{tmp}/out'],
      ['broken.py', 'not valid Python']),
-    ('fold_checkpoint.py', ['{config}', '{tmp}/missing.pth', '{tmp}/out'],
+    ('model_converters/fold_checkpoint.py', ['{config}', '{tmp}/missing.pth', '{tmp}/out'],
      ['missing.pth', 'does not exist']),
     ('train.py', ['{tmp}/missing.py'], ['missing.py', 'does not exist']),
     ('train.py', ['{syntax}'], ['broken.py', 'line 1']),
     ('test.py', ['{config}', '{random}'], ['random.pth']),
     ('test.py', ['{config}', '{empty}', '--out', 'x.json'],
      ['--out', 'x.json']),
-    ('benchmark.py', ['--repeats', '0'], ['--repeats', '0']),
-    ('benchmark.py', ['--batch', '-1'], ['--batch', '-1']),
-    ('export_onnx.py', ['{config}', '{empty}', '{tmp}/x.txt'],
+    ('analysis_tools/benchmark.py', ['--repeats', '0'], ['--repeats', '0']),
+    ('analysis_tools/benchmark.py', ['--batch', '-1'], ['--batch', '-1']),
+    ('deployment/export_onnx.py', ['{config}', '{empty}', '{tmp}/x.txt'],
      ['x.txt', '.onnx']),
-    ('visualize_kernels.py', ['{config}', '{random}', '{tmp}/x.png'],
+    ('analysis_tools/visualize_kernels.py', ['{config}', '{random}', '{tmp}/x.png'],
      ['random.pth']),
 ])
 def test_command_line_bad_input_is_one_line(tool, args, phrases, run_cli,

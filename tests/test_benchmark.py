@@ -1,4 +1,4 @@
-"""tools/benchmark.py runs and writes valid JSON (timings are never asserted)."""
+"""tools/analysis_tools/benchmark.py runs and writes valid JSON (timings are never asserted)."""
 import json
 
 from runs import run_tool
@@ -6,7 +6,7 @@ from runs import run_tool
 
 def test_benchmark_tool_writes_json(tmp_path):
     out = tmp_path / 'bench.json'
-    result = run_tool('tools/benchmark.py', '--shapes', '8x6', '16x5',
+    result = run_tool('tools/analysis_tools/benchmark.py', '--shapes', '8x6', '16x5',
                       '--repeats', '2', '--warmup', '1', '--out', str(out))
     assert '| 8, 6×6 |' in result.stdout and 'machine: cpu=' in result.stdout
     payload = json.loads(out.read_text())
@@ -24,6 +24,6 @@ def test_benchmark_rejects_bad_shape(tmp_path):
     import sys
     from runs import ROOT
     result = subprocess.run(
-        [sys.executable, 'tools/benchmark.py', '--shapes', '64by7'], cwd=ROOT,
+        [sys.executable, 'tools/analysis_tools/benchmark.py', '--shapes', '64by7'], cwd=ROOT,
         capture_output=True, text=True)
     assert result.returncode == 2 and "got '64by7'" in result.stderr

@@ -26,8 +26,8 @@ from torch import nn
 
 from mmdoconv import (InvalidCheckpointError, UnsafeCheckpointError,
                       load_checkpoint_file)
-from mmdoconv import checkpoint as safe_checkpoint
-from mmdoconv import safe_unpickle
+from mmdoconv.utils import checkpoint as safe_checkpoint
+from mmdoconv.utils import safe_unpickle
 from toy import ToyNet, toy_runner
 
 MARKER = 'payload_ran'

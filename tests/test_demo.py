@@ -1,4 +1,4 @@
-"""A shortened `make demo` (tools/demo.py --quick) and every artifact it writes."""
+"""A shortened `make demo` (tools/misc/demo.py --quick) and every artifact it writes."""
 import json
 import re
 
@@ -18,7 +18,7 @@ def _assert_png_has_content(path):
 
 def test_quick_demo_writes_every_artifact(tmp_path):
     work_dir, data_dir = tmp_path / 'demo', tmp_path / 'data'
-    result = run_tool('tools/demo.py', '--quick', '--work-dir', str(work_dir),
+    result = run_tool('tools/misc/demo.py', '--quick', '--work-dir', str(work_dir),
                       '--data-dir', str(data_dir), timeout=900)
     out = result.stdout
     phases = re.findall(r'^\[demo +[\d.]+s\] (\d)/6', out, flags=re.M)

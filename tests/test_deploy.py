@@ -11,7 +11,7 @@ from mmengine.registry import MODELS, DefaultScope
 import mmdoconv  # noqa: F401
 from mmdoconv import DOConv2d, count_doconv
 from mmdoconv.deploy import plain_config
-from mmdoconv.export import (TensorGraph, export_onnx, max_abs_difference,
+from mmdoconv.deploy.export import (TensorGraph, export_onnx, max_abs_difference,
                              node_histogram)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -100,7 +100,7 @@ def test_fold_checkpoint_runs_on_stock_openmmlab(tmp_path, scope,
     checkpoint = tmp_path / 'iter_8.pth'
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, checkpoint)
     out_dir = tmp_path / 'deploy'
-    result = _python('tools/fold_checkpoint.py', str(config), str(checkpoint),
+    result = _python('tools/model_converters/fold_checkpoint.py', str(config), str(checkpoint),
                      str(out_dir))
     folded = out_dir / 'iter_8_folded.pth'
     plain = out_dir / 'model_doconv_plain.py'
@@ -121,7 +121,7 @@ def test_fold_checkpoint_runs_on_stock_openmmlab(tmp_path, scope,
 
     # Never overwrite without being asked.
     with pytest.raises(subprocess.CalledProcessError) as error:
-        _python('tools/fold_checkpoint.py', str(config), str(checkpoint),
+        _python('tools/model_converters/fold_checkpoint.py', str(config), str(checkpoint),
                 str(out_dir))
     assert 'exists; pass --overwrite' in error.value.stderr
 
@@ -180,7 +180,7 @@ def test_export_onnx_tool(tmp_path):
     _, model = _build(str(config), 'mmseg')
     _perturb(model)
     torch.save({'state_dict': model.state_dict()}, tmp_path / 'seg.pth')
-    result = _python('tools/export_onnx.py', str(config),
+    result = _python('tools/deployment/export_onnx.py', str(config),
                      str(tmp_path / 'seg.pth'), str(tmp_path / 'seg.onnx'),
                      '--shape', '64', '64')
     assert 'folded 24 DO-Conv layers' in result.stdout

@@ -181,7 +181,7 @@ def test_gradcheck_input_d_and_w():
 
 
 def _compose(layer, weight, d):
-    from mmdoconv.compose import compose_kernel
+    from mmdoconv.cnn.compose import compose_kernel
     return compose_kernel(weight, d, layer._identity, layer.kernel_size,
                           layer.groups)
 

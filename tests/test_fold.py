@@ -116,7 +116,7 @@ def test_fold_keeps_device_dtype_and_training_flags():
 
 def test_kernel_change_map_is_the_papers_h():
     """H_mn = sum_i |W'_imn - W_imn| (paper §4.4), also for tiny D."""
-    from mmdoconv.visualization import kernel_change_maps
+    from mmdoconv.utils.kernel_maps import kernel_change_maps
     torch.manual_seed(0)
     net = nn.Sequential(DOConv2d(3, 4, 3), DOConv2d(4, 4, 3))
     with torch.no_grad():

@@ -140,7 +140,7 @@ def test_folded_checkpoint_tests_through_plain_config(tmp_path,
     unfolded = _runner(dataset, 'task', tmp_path / 'unfolded', options,
                        custom_hooks=[], load_from=checkpoint).test()
     config = config_path('deeplabv3', CONFIGS[dataset]['task'])
-    run_tool('tools/fold_checkpoint.py', config, checkpoint,
+    run_tool('tools/model_converters/fold_checkpoint.py', config, checkpoint,
              str(tmp_path / 'deploy'), *as_cli(options))
     plain_config = tmp_path / 'deploy' / (
         CONFIGS[dataset]['task'][:-3] + '_plain.py')

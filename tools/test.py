@@ -16,7 +16,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
 import mmdoconv  # noqa: F401
-from mmdoconv.tooling import (BadInputError, DictAction, add_hook_once,
+from mmdoconv.utils.cli import (BadInputError, DictAction, add_hook_once,
                               check_checkpoint_matches_model, cli_main,
                               prepare_run_config, require_file)
 

@@ -11,8 +11,8 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
 import mmdoconv  # noqa: F401
-from mmdoconv.amp import enable_amp
-from mmdoconv.tooling import (BadInputError, DictAction, cli_main,
+from mmdoconv.engine.amp import enable_amp
+from mmdoconv.utils.cli import (BadInputError, DictAction, cli_main,
                               prepare_run_config, require_file,
                               require_fresh_work_dir,
                               require_training_checkpoint)

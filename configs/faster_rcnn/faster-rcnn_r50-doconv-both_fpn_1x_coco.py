@@ -1,23 +1,16 @@
-# Table 5, DO-Conv in both stages: the ResNet-50 pre-trained on ImageNet with
-# DO-Conv is loaded with its D and W into DO-Conv layers, and every
-# non-pointwise conv of the detector is a DOConv2d during detection training
-# (22 layers, as in the doconv-task config).
-_base_ = ['mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py']
-custom_imports = dict(imports=['mmdoconv'], allow_failed_imports=False)
+# Table 5, DO-Conv in both stages: the doconv-task detector (22 DO-Conv
+# layers), with the ResNet-50 pre-trained on ImageNet with DO-Conv loaded with
+# its D and W into the backbone's DO-Conv layers.
+_base_ = ['./faster-rcnn_r50-doconv-task_fpn_1x_coco.py']
 
-# The DO-Conv ImageNet checkpoint (an mmpretrain checkpoint; its 'backbone.'
-# keys are used).  To use another one, override
-# --cfg-options model.backbone.init_cfg.checkpoint=PATH
+# The DO-Conv ImageNet checkpoint (configs/resnet/resnet50-doconv_8xb32_in1k.py,
+# an mmpretrain checkpoint; its 'backbone.' keys are used).  To use another
+# one, override --cfg-options model.backbone.init_cfg.checkpoint=PATH
 doconv_backbone_checkpoint = 'work_dirs/resnet50-doconv_8xb32_in1k/epoch_100.pth'  # noqa: E501
 
 model = dict(
     backbone=dict(
-        conv_cfg=dict(type='DOConv'),
         init_cfg=dict(
             type='PretrainedDOConv',
             checkpoint=doconv_backbone_checkpoint,
-            prefix='backbone.')),
-    neck=dict(conv_cfg=dict(type='DOConv')),
-    rpn_head=dict(type='DOConvRPNHead', conv_cfg=dict(type='DOConv')))
-
-custom_hooks = [dict(type='DOConvFoldHook')]
+            prefix='backbone.')))

@@ -23,8 +23,8 @@ from mmengine.registry import WEIGHT_INITIALIZERS
 from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 from torch import nn
 
-from .doconv import DOConv2d
-from .fold import fold_state_dict
+from ..cnn.doconv import DOConv2d
+from ..deploy.fold import fold_state_dict
 
 
 _CONV_MODULE_STEM = re.compile(r'^stem\.(\d+)\.(conv|bn)\.(.+)$')

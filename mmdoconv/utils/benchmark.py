@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .doconv import DOConv2d
+from ..cnn.doconv import DOConv2d
 
 LAYER_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
 

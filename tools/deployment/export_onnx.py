@@ -1,8 +1,8 @@
 """Fold a DO-Conv model, export it to ONNX and check it with onnxruntime.
 
-    python tools/export_onnx.py CONFIG CHECKPOINT OUT.onnx [--image IMG]
+    python tools/deployment/export_onnx.py CONFIG CHECKPOINT OUT.onnx [--image IMG]
 
-The graph takes the preprocessed batch (see mmdoconv.export for what each
+The graph takes the preprocessed batch (see mmdoconv.deploy.export for what each
 kind of model exports).  Prints the max |PyTorch - onnxruntime| difference.
 """
 import argparse
@@ -12,11 +12,11 @@ from mmengine.registry import MODELS
 from mmengine.runner import load_checkpoint
 
 import mmdoconv  # noqa: F401
-from mmdoconv.export import (dummy_inputs, export_onnx, max_abs_difference,
-                             node_histogram)
-from mmdoconv.tooling import (BadInputError, DictAction, cli_main,
-                              import_scope, load_config, require_file,
-                              require_new_output)
+from mmdoconv.deploy.export import (dummy_inputs, export_onnx,
+                                    max_abs_difference, node_histogram)
+from mmdoconv.utils.cli import (BadInputError, DictAction, cli_main,
+                                import_scope, load_config, require_file,
+                                require_new_output)
 
 
 def parse_args() -> argparse.Namespace:

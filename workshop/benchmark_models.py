@@ -15,8 +15,10 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from .benchmark import interleaved_medians
-from .fold import fold_doconv
+from mmdoconv import fold_doconv
+from mmdoconv.utils.benchmark import interleaved_medians
+
+from .recipes import detection_options, segmentation_options
 from .synthetic import write_cityscapes, write_coco
 
 _ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -34,35 +36,24 @@ MODELS = {
 
 
 def _options(kind: str, data_root: str) -> Dict:
-    common = {'train_dataloader.batch_size': 2,
-              'val_dataloader.batch_size': 2,
-              'train_dataloader.num_workers': 0,
-              'train_dataloader.persistent_workers': False,
-              'val_dataloader.num_workers': 0,
-              'val_dataloader.persistent_workers': False,
-              'randomness.seed': 0}
+    """The small-run recipes at the benchmark's size (batch 2, 512x512)."""
+    batches = {'train_dataloader.batch_size': 2,
+               'val_dataloader.batch_size': 2}
     if kind == 'det':
-        return dict(common, **{
-            'model.backbone.init_cfg': None,
-            'train_dataloader.dataset.data_root': data_root,
-            'train_dataloader.dataset.pipeline.2.scale': (512, 512),
-            'train_dataloader.dataset.pipeline.3.prob': 0.0,
-            'val_dataloader.dataset.data_root': data_root,
-            'val_dataloader.dataset.pipeline.1.scale': (512, 512),
-            'val_evaluator.ann_file':
-            data_root + 'annotations/instances_val2017.json',
+        return dict(
+            detection_options(data_root, train_images=None, val_images=None,
+                              scale=(512, 512)), **batches, **{
+                'train_dataloader.dataset.pipeline.3.prob': 0.0,
+                # the config's own test threshold, not the tests' "keep all"
+                'model.test_cfg.rcnn.score_thr': 0.05,
+            })
+    return dict(
+        segmentation_options('cityscapes', data_root, crop=(512, 512),
+                             scale=(1024, 512), val_images=None), **batches,
+        **{
+            'train_dataloader.dataset.pipeline.2.ratio_range': (1.0, 1.0),
+            'model.test_cfg.mode': 'whole',
         })
-    return dict(common, **{
-        'model.pretrained': None,
-        'model.data_preprocessor.size': (512, 512),
-        'train_dataloader.dataset.data_root': data_root,
-        'train_dataloader.dataset.pipeline.2.scale': (1024, 512),
-        'train_dataloader.dataset.pipeline.2.ratio_range': (1.0, 1.0),
-        'train_dataloader.dataset.pipeline.3.crop_size': (512, 512),
-        'val_dataloader.dataset.data_root': data_root,
-        'val_dataloader.dataset.pipeline.1.scale': (512, 512),
-        'model.test_cfg.mode': 'whole',
-    })
 
 
 def _runner(config: str, options: Dict, work_dir: str) -> Runner:

@@ -1,6 +1,6 @@
 """Folding DO-Conv into plain convolutions: whole models and state dicts.
 
-Folding computes ``W' = D^T o W`` once (:mod:`mmdoconv.compose`) and leaves a
+Folding computes ``W' = D^T o W`` once (:mod:`mmdoconv.cnn.compose`) and leaves a
 plain ``nn.Conv2d``, so a deployed model costs exactly what the plain model
 costs and loads without mmdoconv.
 
@@ -15,8 +15,8 @@ from typing import List, Mapping, Tuple
 import torch
 from torch import Tensor, nn
 
-from .compose import compose_kernel, doconv_identity
-from .doconv import DOConv2d
+from ..cnn.compose import compose_kernel, doconv_identity
+from ..cnn.doconv import DOConv2d
 
 
 def swap_in_folded(model: nn.Module) -> List[Tuple[nn.Module, str, DOConv2d]]:

@@ -1,4 +1,4 @@
-"""The end-to-end demo behind ``make demo`` (see tools/demo.py).
+"""The end-to-end demo behind ``make demo`` (see tools/misc/demo.py).
 
 Everything runs through the project's own configs and tools, in subprocesses
 so that mmengine's iteration log streams underneath the phase lines.  Model
@@ -14,6 +14,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
+
+from .recipes import detection_options, segmentation_options
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Lines of the tools' output shown under the phase lines.
@@ -39,8 +41,13 @@ class DemoModel:
 def detection(data_dir: str, quick: bool) -> DemoModel:
     root = osp.join(data_dir, 'coco') + '/'
     epochs = 1 if quick else 3
-    options = {
-        'model.backbone.init_cfg': None,
+    # Two steps when quick: mmdet's ResNet zero-initialises each residual
+    # branch's last BN, so the first step gives the branch convs (and D) no
+    # gradient.
+    options = detection_options(root, train_images=4 if quick else None,
+                                val_images=2 if quick else None,
+                                scale=(320, 256), epochs=epochs)
+    options.update({
         'model.backbone.depth': 18,
         'model.neck.in_channels': [64, 128, 256, 512],
         # The RoI stage dominates a CPU step: sample and keep fewer boxes.
@@ -51,32 +58,13 @@ def detection(data_dir: str, quick: bool) -> DemoModel:
         'model.train_cfg.rcnn.sampler.num': 128,
         'model.test_cfg.rpn.nms_pre': 600,
         'model.test_cfg.rpn.max_per_img': 300,
-        'model.test_cfg.rcnn.score_thr': 0.0,
         'train_dataloader.batch_size': 2 if quick else 4,
-        'train_dataloader.dataset.data_root': root,
-        'train_dataloader.dataset.pipeline.2.scale': (320, 256),
-        'train_cfg.max_epochs': epochs,
         'train_cfg.val_interval': epochs,
         'param_scheduler.0.end': 20,
         # No step decay inside so short a run: warm up, then constant LR.
         'param_scheduler.1.milestones': [epochs + 1],
         'default_hooks.logger.interval': 4,
-        'randomness.seed': 0,
-    }
-    if quick:
-        # Two steps: mmdet's ResNet zero-initialises each residual branch's
-        # last BN, so the first step gives the branch convs (and D) no grad.
-        options['train_dataloader.dataset.indices'] = 4
-    for split in ('val', 'test'):
-        options.update({
-            f'{split}_dataloader.dataset.data_root': root,
-            f'{split}_dataloader.dataset.pipeline.1.scale': (320, 256),
-            f'{split}_evaluator.ann_file':
-            root + 'annotations/instances_val2017.json',
-        })
-        if quick:
-            options[f'{split}_dataloader.dataset.indices'] = 2
-    _no_workers(options)
+    })
     return DemoModel(
         key='faster_rcnn', label='Faster R-CNN', scope='mmdet',
         metric='coco/bbox_mAP',
@@ -99,32 +87,17 @@ def detection(data_dir: str, quick: bool) -> DemoModel:
 def segmentation(data_dir: str, quick: bool) -> DemoModel:
     root = osp.join(data_dir, 'cityscapes') + '/'
     iters = 2 if quick else 120
-    crop = (128, 256)
-    options = {
-        'model.pretrained': None,
+    options = segmentation_options('cityscapes', root, crop=(128, 256),
+                                   iters=iters, scale=(512, 256),
+                                   val_images=2 if quick else None)
+    options.update({
         'model.backbone.depth': 18,
         'model.decode_head.in_channels': 512,
         'model.decode_head.channels': 128,
         'model.auxiliary_head.in_channels': 256,
         'model.auxiliary_head.channels': 64,
-        'model.data_preprocessor.size': crop,
-        'train_dataloader.dataset.data_root': root,
-        'train_dataloader.dataset.pipeline.2.scale': (512, 256),
-        'train_dataloader.dataset.pipeline.3.crop_size': crop,
-        'train_cfg.max_iters': iters,
-        'train_cfg.val_interval': iters,
-        'default_hooks.checkpoint.interval': iters,
         'default_hooks.logger.interval': 10 if not quick else 1,
-        'randomness.seed': 0,
-    }
-    for split in ('val', 'test'):
-        options.update({
-            f'{split}_dataloader.dataset.data_root': root,
-            f'{split}_dataloader.dataset.pipeline.1.scale': (512, 256),
-        })
-        if quick:
-            options[f'{split}_dataloader.dataset.indices'] = 2
-    _no_workers(options)
+    })
     return DemoModel(
         key='deeplabv3', label='DeepLabv3', scope='mmseg', metric='mIoU',
         baseline='configs/deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-'
@@ -137,12 +110,6 @@ def segmentation(data_dir: str, quick: bool) -> DemoModel:
                     'from scratch'),
         kernel_prefix='backbone.layer1', export_shape=(256, 512),
         options=options)
-
-
-def _no_workers(options: Dict) -> None:
-    for split in ('train', 'val', 'test'):
-        options[f'{split}_dataloader.num_workers'] = 0
-        options[f'{split}_dataloader.persistent_workers'] = False
 
 
 class Progress:
@@ -200,7 +167,7 @@ def metric_from_log(text: str, metric: str) -> Optional[float]:
 
 def train_step_seconds(work_dir: str) -> float:
     """Median logged iteration time of a training run."""
-    from .visualization import read_train_scalars
+    from .plotting import read_train_scalars
     _, times = read_train_scalars(work_dir, 'time')
     return statistics.median(times[1:] or times)
 
@@ -209,7 +176,7 @@ def count_parameters(config: str, options: Dict, scope: str,
                      fold: bool) -> int:
     from mmengine.config import Config
     from mmengine.registry import DefaultScope, MODELS
-    from .fold import fold_doconv
+    from mmdoconv import fold_doconv
     cfg = Config.fromfile(osp.join(ROOT, config))
     cfg.merge_from_dict(options)
     with DefaultScope.overwrite_default_scope(scope):

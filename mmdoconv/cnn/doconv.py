@@ -1,7 +1,7 @@
 """DOConv2d: a drop-in ``nn.Conv2d`` with a depthwise over-parameterization.
 
 Paper: Cao et al., "DO-Conv: Depthwise Over-parameterized Convolutional
-Layer", arXiv 2006.12030.  The maths lives in :mod:`mmdoconv.compose`.
+Layer", arXiv 2006.12030.  The maths lives in :mod:`mmdoconv.cnn.compose`.
 """
 import numbers
 from typing import Callable, Dict, Optional, Tuple, Union
@@ -102,7 +102,7 @@ def resolve_d_mul(d_mul: Union[None, int, str], kernel_size: _size_2_t) -> int:
 def compose_weight(weight: Tensor, d_minus_identity: Tensor,
                    identity: Tensor, kernel_size: Tuple[int, int],
                    groups: int) -> Tensor:
-    """:func:`~mmdoconv.compose.compose_kernel` in the parameters' dtype.
+    """:func:`~mmdoconv.cnn.compose.compose_kernel` in the parameters' dtype.
 
     Under autocast the composition still runs in the parameters' dtype (the
     conv itself is autocast's); ``torch.fx`` records this function as one

@@ -2,7 +2,7 @@
 segmentors end to end on the bundled synthetic data, and draw the paper's
 pictures.
 
-    python tools/demo.py [--work-dir work_dirs/demo] [--data-dir data] [--quick]
+    python tools/misc/demo.py [--work-dir work_dirs/demo] [--data-dir data] [--quick]
 
 Phases: (1) synthetic COCO and Cityscapes sets, (2) train baseline and
 doconv-task Faster R-CNN and DeepLabv3 with one seed and schedule, (3)
@@ -16,14 +16,19 @@ import json
 import os
 import os.path as osp
 import re
+import sys
 
-from mmdoconv.demo import (Progress, count_parameters, detection,
-                           first_val_image, metric_from_log, run,
+from mmdoconv.utils.cli import cli_main
+
+# The workshop (synthetic data, recipes, pictures) lives beside tools/ in a
+# checkout of the repository, not in the installed plugin.
+sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
+from workshop.demo import (Progress, count_parameters,  # noqa: E402
+                           detection, first_val_image, metric_from_log, run,
                            segmentation, train_step_seconds)
-from mmdoconv.synthetic import DEFAULT_ROOTS, write_datasets
-from mmdoconv.tooling import cfg_options_args as cfg_options
-from mmdoconv.tooling import cli_main
-from mmdoconv.visualization import plot_curves
+from workshop.plotting import plot_curves  # noqa: E402
+from workshop.recipes import as_cli as cfg_options  # noqa: E402
+from workshop.synthetic import DEFAULT_ROOTS, write_datasets  # noqa: E402
 
 
 @cli_main
@@ -99,7 +104,7 @@ def main() -> None:
         progress(f'4/6 exporting the folded {model.label} to ONNX')
         onnx_path = osp.join(runs['doconv'], f'{model.key}_folded.onnx')
         export_log = run(
-            ['tools/export_onnx.py', model.doconv, checkpoint, onnx_path,
+            ['tools/deployment/export_onnx.py', model.doconv, checkpoint, onnx_path,
              *overwrite,
              '--image', first_val_image(data_dir, model.key), '--shape',
              *map(str, model.export_shape), *cfg_options(model.options)],
@@ -113,7 +118,7 @@ def main() -> None:
             labels=['baseline', 'DO-Conv (task stage)'],
             title=f'{model.label}: training loss (paper Fig. 5)')
         kernels = osp.join(work_dir, f'{model.key}_kernel_maps.png')
-        run(['tools/visualize_kernels.py', model.doconv, checkpoint, kernels,
+        run(['tools/analysis_tools/visualize_kernels.py', model.doconv, checkpoint, kernels,
              '--prefix', model.kernel_prefix, *cfg_options(model.options)],
             osp.join(runs['doconv'], 'demo_kernels.log'), echo=False)
         rows.append(dict(

@@ -27,7 +27,7 @@ class DOConv(DOConv2d):
         in_channels, out_channels, kernel_size, *args, **kwargs: As for
             ``nn.Conv2d``.
         D_mul: Depth multiplier, ``>= M*N`` (default ``M*N``), or a rule name
-            (see :func:`~mmdoconv.doconv.resolve_d_mul`); checked for 1x1
+            (see :func:`~mmdoconv.cnn.doconv.resolve_d_mul`); checked for 1x1
             kernels too.
         D_init: ``'identity'`` or ``'random'`` (see :class:`DOConv2d`);
             checked for 1x1 kernels too.

@@ -11,7 +11,7 @@ plain convolution kernel (paper Eq. 3, "kernel composition")::
 where ``c`` runs over the input channels of output ``o``'s group and ``s`` over
 the ``M*N`` kernel positions.  The layer stores ``D - I`` (paper §4: weight
 decay must not shrink the identity), so callers pass the identity separately.
-Nothing here touches modules; :mod:`mmdoconv.doconv` and :mod:`mmdoconv.fold`
+Nothing here touches modules; :mod:`mmdoconv.cnn.doconv` and :mod:`mmdoconv.deploy.fold`
 build on these functions.
 """
 from typing import Tuple

@@ -1,4 +1,5 @@
-"""Helpers shared by the command-line tools in ``tools/``.
+"""Helpers shared by the command-line tools in ``tools/``: config loading,
+one-line errors for bad input, and the checks made before any work starts.
 
 The tools work for mmdet, mmseg and mmpretrain configs alike: the scope comes
 from the config's ``default_scope`` and mmengine's registries import that
@@ -22,7 +23,7 @@ KNOWN_SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
 __all__ = ['DictAction', 'load_config', 'import_scope', 'default_work_dir',
            'add_hook_once', 'prepare_run_config', 'require_file',
-           'cfg_options_args', 'BadInputError', 'cli_main',
+           'BadInputError', 'cli_main',
            'require_new_output', 'require_fresh_work_dir',
            'require_training_checkpoint', 'model_state_dict_of',
            'check_checkpoint_matches_model']
@@ -236,7 +237,7 @@ def prepare_run_config(config_path: str, cfg_options: Optional[Dict],
     """What tools/train.py and tools/test.py do before building a Runner:
     read the config, register its scope, set launcher (gloo on a machine
     without GPUs) and work_dir (OpenMMLab's default when not given)."""
-    from .dist import use_cpu_distributed
+    from ..engine.dist import use_cpu_distributed
     cfg = load_config(config_path, cfg_options)
     import_scope(cfg)
     cfg.launcher = launcher
@@ -246,18 +247,6 @@ def prepare_run_config(config_path: str, cfg_options: Optional[Dict],
     elif cfg.get('work_dir') is None:
         cfg.work_dir = default_work_dir(config_path)
     return cfg
-
-
-def cfg_options_args(options: Dict[str, Any]) -> List[str]:
-    """``--cfg-options key=value ...`` arguments that DictAction parses
-    back into ``options`` (tuples and lists included)."""
-    args = ['--cfg-options']
-    for key, value in options.items():
-        if isinstance(value, (tuple, list)):
-            inner = ','.join(str(v) for v in value)
-            value = f'({inner})' if isinstance(value, tuple) else f'[{inner}]'
-        args.append(f'{key}={value}')
-    return args
 
 
 def add_hook_once(cfg: Config, hook: Dict[str, Any]) -> None:

@@ -1,17 +1,24 @@
 """Draw how D changed each kernel position of a trained DO-Conv model
 (paper Figure 6: H_mn = sum_i |W'_imn - W_imn|, one normalised map per layer).
 
-    python tools/visualize_kernels.py CONFIG CHECKPOINT OUT.png [--prefix backbone.layer1]
+    python tools/analysis_tools/visualize_kernels.py CONFIG CHECKPOINT OUT.png [--prefix backbone.layer1]
 """
 import argparse
+import os.path as osp
+import sys
 
 from mmengine.registry import MODELS
 from mmengine.runner import load_checkpoint
 
 import mmdoconv  # noqa: F401
-from mmdoconv.tooling import (DictAction, cli_main, import_scope,
-                              load_config)
-from mmdoconv.visualization import kernel_change_maps, plot_kernel_maps
+from mmdoconv.utils.cli import (DictAction, cli_main, import_scope,
+                                load_config)
+from mmdoconv.utils.kernel_maps import kernel_change_maps
+
+# The workshop (synthetic data, recipes, pictures) lives beside tools/ in a
+# checkout of the repository, not in the installed plugin.
+sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
+from workshop.plotting import plot_kernel_maps  # noqa: E402
 
 
 @cli_main

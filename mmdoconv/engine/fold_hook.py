@@ -11,10 +11,10 @@ from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import nn
 
-from .checkpoint import load_checkpoint_file, save_folded_checkpoint
-from .doconv import DOConv2d
-from .export import flatten_tensors
-from .fold import swap_in_folded
+from ..cnn.doconv import DOConv2d
+from ..deploy.export import flatten_tensors
+from ..deploy.fold import swap_in_folded
+from ..utils.checkpoint import load_checkpoint_file, save_folded_checkpoint
 
 DATA_BATCH = Optional[Sequence[dict]]
 

@@ -1,11 +1,17 @@
 """Plot training curves of mmengine work dirs in one PNG (paper Figure 5).
 
-    python tools/plot_curves.py WORK_DIR [WORK_DIR ...] OUT.png [--key loss]
+    python tools/analysis_tools/plot_curves.py WORK_DIR [WORK_DIR ...] OUT.png [--key loss]
 """
 import argparse
+import os.path as osp
+import sys
 
-from mmdoconv.tooling import cli_main
-from mmdoconv.visualization import plot_curves
+from mmdoconv.utils.cli import cli_main
+
+# The workshop (synthetic data, recipes, pictures) lives beside tools/ in a
+# checkout of the repository, not in the installed plugin.
+sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
+from workshop.plotting import plot_curves  # noqa: E402
 
 
 @cli_main

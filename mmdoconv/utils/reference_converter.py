@@ -19,7 +19,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .compose import doconv_identity
+from ..cnn.compose import doconv_identity
 
 
 def _reference_kernel(w: Tensor, d_full: Tensor, groups: int) -> Tensor:

@@ -1,20 +1,24 @@
 """Benchmark DO-Conv against plain convolution, as ratios measured in one run.
 
-    python tools/benchmark.py                      # layer level, 4 shapes
-    python tools/benchmark.py --shapes 256x14 --repeats 20
-    python tools/benchmark.py --models det seg     # + model level
+    python tools/analysis_tools/benchmark.py                      # layer level, 4 shapes
+    python tools/analysis_tools/benchmark.py --shapes 256x14 --repeats 20
+    python tools/analysis_tools/benchmark.py --models det seg     # + model level
 
 Variants are interleaved (A B A B ...) and each time is the median after
 warm-up.  Prints markdown tables and the machine; writes JSON (--out).
 """
 import argparse
+import os.path as osp
+import sys
 
 import torch
 
 import mmdoconv  # noqa: F401
-from mmdoconv.benchmark import (LAYER_SHAPES, benchmark_layer, layer_table,
+from mmdoconv.utils.benchmark import (LAYER_SHAPES, benchmark_layer, layer_table,
                                 machine_info, write_json)
-from mmdoconv.tooling import BadInputError, cli_main
+from mmdoconv.utils.cli import BadInputError, cli_main
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 
 
 def parse_shape(text: str):
@@ -69,7 +73,8 @@ def main() -> None:
     print(layer_table(layers))
     payload = dict(machine=machine, layers=layers, models=[])
     if args.models:
-        from mmdoconv.benchmark_models import benchmark_models, model_table
+        sys.path.insert(0, ROOT)  # workshop/ of the checkout
+        from workshop.benchmark_models import benchmark_models, model_table
         payload['models'] = benchmark_models(args.models, args.model_repeats,
                                              args.device)
         print('\nModel level (batch 2, 512x512):\n')

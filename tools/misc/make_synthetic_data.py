@@ -1,7 +1,7 @@
 """Write small deterministic datasets in the real COCO, Cityscapes, VOC aug and
 ImageNet layouts (images of coloured shapes), for tests, the demo and a laptop.
 
-    python tools/make_synthetic_data.py coco cityscapes voc imagenet --data-dir data
+    python tools/misc/make_synthetic_data.py coco cityscapes voc imagenet --data-dir data
 
 Default places: data/coco, data/cityscapes, data/VOCdevkit/VOC2012,
 data/imagenet, i.e. where the upstream configs look.  Point a config at
@@ -12,9 +12,13 @@ import argparse
 import os.path as osp
 import sys
 
-from mmdoconv.synthetic import (DEFAULT_ROOTS, WRITERS, claim_root,
-                                write_datasets)
-from mmdoconv.tooling import cli_main
+from mmdoconv.utils.cli import cli_main
+
+# The workshop (synthetic data, recipes, pictures) lives beside tools/ in a
+# checkout of the repository, not in the installed plugin.
+sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
+from workshop.synthetic import (DEFAULT_ROOTS, WRITERS,  # noqa: E402
+                                claim_root, write_datasets)
 
 
 @cli_main

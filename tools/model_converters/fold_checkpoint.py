@@ -1,6 +1,6 @@
 """Fold a DO-Conv checkpoint and write a plain config that loads it.
 
-    python tools/fold_checkpoint.py CONFIG CHECKPOINT OUT_DIR
+    python tools/model_converters/fold_checkpoint.py CONFIG CHECKPOINT OUT_DIR
 
 writes OUT_DIR/<checkpoint>_folded.pth (no D, no optimizer state) and
 OUT_DIR/<config>_plain.py (conv_cfg DOConv -> plain conv, no mmdoconv import
@@ -10,7 +10,7 @@ import argparse
 import os.path as osp
 
 from mmdoconv.deploy import fold_checkpoint
-from mmdoconv.tooling import DictAction, cli_main, load_config, require_file
+from mmdoconv.utils.cli import DictAction, cli_main, load_config, require_file
 
 
 def parse_args() -> argparse.Namespace:

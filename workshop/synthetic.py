@@ -159,7 +159,7 @@ def claim_root(root: str) -> None:
             'into it. Choose another --data-dir.')
     os.makedirs(root, exist_ok=True)
     with open(osp.join(root, MARKER), 'w') as f:
-        f.write('written by mmdoconv.synthetic; safe to delete with the '
+        f.write('written by workshop/synthetic.py; safe to delete with the '
                 'folder\n')
 
 

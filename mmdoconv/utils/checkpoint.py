@@ -11,7 +11,7 @@ the local-file path is guarded but cannot resume mmengine's own checkpoints
 :func:`register_safe_loaders` re-registers every scheme of mmengine's
 ``CheckpointLoader`` (its own extension point) with a loader built on
 :func:`load_checkpoint_stream`: ``weights_only=True`` with the stand-ins of
-:mod:`mmdoconv.safe_unpickle` allowlisted only for the duration of that one
+:mod:`mmdoconv.utils.safe_unpickle` allowlisted only for the duration of that one
 load (``torch.serialization.safe_globals``), so a plain ``torch.load``
 elsewhere in the process accepts exactly what it accepted before.
 """
@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .fold import fold_state_dict
+from ..deploy.fold import fold_state_dict
 from .safe_unpickle import materialize, safe_globals
 
 MapLocation = Union[str, torch.device, Callable, Dict, None]
@@ -68,7 +68,7 @@ def load_checkpoint_stream(source: Union[str, IO[bytes]],
 
     Returns:
         The checkpoint, with mmengine's numpy and HistoryBuffer objects built
-        by :func:`mmdoconv.safe_unpickle.materialize`.
+        by :func:`mmdoconv.utils.safe_unpickle.materialize`.
 
     Raises:
         UnsafeCheckpointError: If the file needs anything outside tensors,

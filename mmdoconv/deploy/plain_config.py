@@ -11,7 +11,7 @@ from typing import Any, Dict, Tuple
 
 from mmengine.config import Config
 
-from .checkpoint import load_checkpoint_file, save_folded_checkpoint
+from ..utils.checkpoint import load_checkpoint_file, save_folded_checkpoint
 
 #: Registry names whose layers fold to ``nn.Conv2d``.
 DOCONV_TYPES = ('DOConv', 'DOConv2d')

@@ -1,0 +1,8 @@
+"""mmengine pieces: the fold hook and the CPU runtime helpers."""
+from .amp import CPUBf16OptimWrapper
+from .dist import CPUAwareDistributedDataParallel
+from .fold_hook import DOConvFoldHook
+
+__all__ = [
+    'CPUBf16OptimWrapper', 'CPUAwareDistributedDataParallel', 'DOConvFoldHook'
+]
