@@ -13,8 +13,8 @@ Layout: :mod:`mmdoconv.cnn` (the layer and its maths),
 """
 import importlib.util
 
-from .cnn import DOConv, DOConv2d, build_doconv, compose_kernel, \
-    doconv_identity
+from .cnn import (ConversionReport, DOConv, DOConv2d, build_doconv,
+                  compose_kernel, convert_to_doconv, doconv_identity)
 from .deploy import count_doconv, fold_doconv, fold_state_dict, \
     swap_in_folded
 from .engine import (CPUAwareDistributedDataParallel, CPUBf16OptimWrapper,
@@ -38,6 +38,7 @@ register_safe_loaders()
 
 __all__ = [
     'DOConv2d', 'DOConv', 'build_doconv', 'compose_kernel', 'doconv_identity',
+    'convert_to_doconv', 'ConversionReport',
     'fold_doconv', 'fold_state_dict', 'count_doconv', 'swap_in_folded',
     'DOConvFoldHook', 'CPUBf16OptimWrapper', 'PretrainedDOConvInit',
     'CPUAwareDistributedDataParallel', 'convert_reference_state_dict',

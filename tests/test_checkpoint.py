@@ -189,6 +189,8 @@ ENTRY_POINTS = {
     'Runner load_from': lambda p, t, h: _runner_load_from(p, t),
     'Runner resume': lambda p, t, h: _runner_resume(p, t),
     'Pretrained init_cfg (http)': lambda p, t, h: _pretrained(p, h),
+    'PretrainedDOConv init_cfg (http)': lambda p, t, h: _pretrained(
+        p, h, 'PretrainedDOConv'),
 }
 
 
@@ -198,13 +200,13 @@ def _http(path, http_root):
     return CheckpointLoader.load_checkpoint(f'{url}/{osp.basename(path)}')
 
 
-def _pretrained(path, http_root):
+def _pretrained(path, http_root, init_type='Pretrained'):
     from mmengine.model import BaseModule
     root, url = http_root
-    name = f'pretrained_{osp.basename(path)}'
+    name = f'{init_type}_{osp.basename(path)}'
     os.replace(path, root / name)
     module = BaseModule(
-        init_cfg=dict(type='Pretrained', checkpoint=f'{url}/{name}'))
+        init_cfg=dict(type=init_type, checkpoint=f'{url}/{name}'))
     module.layer = nn.Linear(2, 2)
     module.init_weights()
 

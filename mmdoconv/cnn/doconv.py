@@ -238,16 +238,19 @@ class DOConv2d(nn.Conv2d):
         """Initialise W and bias as nn.Conv2d does, and D (stored as D - I)."""
         super().reset_parameters()
         # nn.Conv2d.__init__ calls this before D exists.
-        if getattr(self, 'D', None) is None:
-            return
+        if getattr(self, 'D', None) is not None:
+            self.reset_d()
+
+    @torch.no_grad()
+    def reset_d(self) -> None:
+        """Initialise D by ``D_init``: the identity (stored D - I = 0), or
+        He-normal with fan-in M*N (each output of the depthwise kernel sums
+        M*N inputs; paper Table 7)."""
         if self.D_init == 'identity':
-            nn.init.zeros_(self.D)
+            self.D.zero_()
             return
-        # He-normal D: each output of the depthwise kernel sums M*N inputs.
-        with torch.no_grad():
-            kernel_numel = self.D.shape[1]
-            self.D.normal_(0.0, (2.0 / kernel_numel)**0.5)
-            self.D.sub_(self._identity)
+        self.D.normal_(0.0, (2.0 / self.D.shape[1])**0.5)
+        self.D.sub_(self._identity)
 
     def composed_weight(self) -> Tensor:
         """The plain conv kernel ``W'`` this layer currently convolves with."""

@@ -1,0 +1,189 @@
+"""Turn the non-pointwise convolutions of any ``nn.Module`` into DO-Conv.
+
+The paper's protocol is to "merely replace the non-pointwise convolutional
+layers with DO-Conv" (§4).  OpenMMLab modules that take ``conv_cfg`` can be
+configured that way, but many heads build ``nn.Conv2d`` directly; converting
+the built model reaches every conv, in any model (torchvision, timm, your
+own).
+"""
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from mmengine.logging import print_log
+from torch import nn
+
+from .compose import doconv_identity
+from .doconv import DOConv2d, check_d_init, resolve_d_mul
+
+Patterns = Union[None, str, Sequence[str]]
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert_to_doconv` did.
+
+    Attributes:
+        converted: Names of the convs that became :class:`DOConv2d`.
+        skipped: ``{name: reason}`` of the convs left as they are.
+    """
+    converted: List[str] = field(default_factory=list)
+    skipped: Dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        reasons: Dict[str, int] = {}
+        for reason in self.skipped.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        left = ', '.join(f'{count} {reason}' for reason, count in
+                         sorted(reasons.items())) or 'none'
+        return (f'converted {len(self.converted)} convs to DO-Conv; '
+                f'left plain: {left}')
+
+
+def _has_own_forward(conv: nn.Conv2d) -> bool:
+    """A subclass that changes how the conv computes (DCN, ConvWS, SAC...)."""
+    cls = type(conv)
+    return any(getattr(cls, name) is not getattr(nn.Conv2d, name)
+               for name in ('forward', '_conv_forward'))
+
+
+def _as_patterns(patterns: Patterns, argument: str) -> List[str]:
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        return [patterns]
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f'{argument} must be module-name patterns (str), '
+                        f'but got {patterns!r}')
+    return list(patterns)
+
+
+def _matches(name: str, patterns: List[str]) -> List[str]:
+    """The patterns that select ``name``: the module or one of its parents."""
+    parts = name.split('.')
+    prefixes = ['.'.join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return [p for p in patterns
+            if any(fnmatch.fnmatchcase(prefix, p) for prefix in prefixes)]
+
+
+@torch.no_grad()
+def doconv_like(conv: nn.Conv2d, D_mul: Union[None, int, str] = None,
+                D_init: str = 'identity') -> DOConv2d:
+    """A :class:`DOConv2d` with ``conv``'s hyper-parameters, W and bias.
+
+    With ``D_init='identity'`` (D = I) it computes exactly what ``conv``
+    computes; for ``D_mul > M*N`` W is padded with zeros, which composes back
+    to the same kernel.  Device, dtype and ``requires_grad`` are kept.
+    """
+    layer = nn.utils.skip_init(
+        DOConv2d, conv.in_channels, conv.out_channels, conv.kernel_size,
+        stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+        groups=conv.groups, bias=conv.bias is not None,
+        padding_mode=conv.padding_mode, device=conv.weight.device,
+        dtype=conv.weight.dtype, D_mul=D_mul, D_init=D_init)
+    # skip_init leaves every tensor uninitialised: fill all of them.
+    kernel_numel = conv.kernel_size[0] * conv.kernel_size[1]
+    if layer.D_mul == kernel_numel:
+        layer.weight.copy_(conv.weight)
+    else:  # zero padding composes back to the same kernel (D = I tiled)
+        layer.weight.zero_()
+        layer.weight[..., :kernel_numel] = conv.weight.reshape(
+            *layer.weight.shape[:-1], kernel_numel)
+    layer.weight.requires_grad_(conv.weight.requires_grad)
+    if conv.bias is not None:
+        layer.bias.copy_(conv.bias)
+        layer.bias.requires_grad_(conv.bias.requires_grad)
+    layer._identity.copy_(doconv_identity(
+        kernel_numel, layer.D_mul, dtype=layer.D.dtype,
+        device=layer.D.device))
+    if 'kernel_hw' in layer._buffers:
+        layer.kernel_hw.copy_(torch.tensor(layer.kernel_size))
+    layer.reset_d()
+    layer.train(conv.training)
+    return layer
+
+
+def convert_to_doconv(model: nn.Module,
+                      include: Patterns = None,
+                      exclude: Patterns = None,
+                      D_mul: Union[None, int, str] = None,
+                      D_init: str = 'identity') -> ConversionReport:
+    """Replace every non-pointwise ``nn.Conv2d`` in ``model`` by DO-Conv.
+
+    Converted: ``nn.Conv2d`` itself and subclasses that only change how the
+    layer is built (they inherit ``forward`` and ``_conv_forward``).  Left
+    alone and reported: 1x1 kernels (no spatial patch to over-parameterize,
+    paper §4), convs with their own forward (DCN, ConvWS, SAC, ...), layers
+    that are DO-Conv already (so converting twice is a no-op), and convs
+    outside ``include`` or inside ``exclude``.
+
+    Module names do not change, so the state dict has the plain keys plus
+    ``D`` (and ``kernel_hw`` for ``D_mul > M*N``), and plain checkpoints load
+    into the converted model (missing D = identity).
+
+    Args:
+        model: The model to convert in place.
+        include: Module-name patterns (``fnmatch``, e.g. ``'backbone.layer*'``)
+            a conv or one of its parents must match to be converted; all
+            convs when None.
+        exclude: Module-name patterns that keep a conv plain.
+        D_mul: As for :class:`DOConv2d` (an int or a rule name such as
+            ``'MxN'``), applied per kernel size.
+        D_init: ``'identity'`` (the converted model computes exactly what the
+            model computed) or ``'random'`` (paper Table 7).
+
+    Returns:
+        A :class:`ConversionReport`.
+
+    Raises:
+        ValueError: If an ``include`` / ``exclude`` pattern matches no module
+            (naming it), or ``D_mul`` / ``D_init`` is invalid.
+        TypeError: If ``model`` is itself a conv (it cannot replace itself).
+    """
+    if isinstance(model, nn.Conv2d):
+        raise TypeError('convert_to_doconv converts the convs inside a model '
+                        'and cannot replace the model itself; wrap it in an '
+                        'nn.Sequential')
+    check_d_init(D_init)
+    includes = _as_patterns(include, 'include')
+    excludes = _as_patterns(exclude, 'exclude')
+    names = [name for name, _ in model.named_modules() if name]
+    for argument, patterns in (('include', includes), ('exclude', excludes)):
+        for pattern in patterns:
+            if not any(_matches(name, [pattern]) for name in names):
+                raise ValueError(f'{argument} pattern {pattern!r} matches no '
+                                 'module of the model')
+    report = ConversionReport()
+    convs = [(name, module) for name, module in model.named_modules()
+             if isinstance(module, nn.Conv2d)]
+    for name, child in convs:
+        reason = None
+        if isinstance(child, DOConv2d):
+            reason = 'already DO-Conv'
+        elif child.kernel_size == (1, 1):
+            reason = 'pointwise (1x1)'
+        elif _has_own_forward(child):
+            reason = f'own forward ({type(child).__name__})'
+        elif includes and not _matches(name, includes):
+            reason = 'not included'
+        elif _matches(name, excludes):
+            reason = 'excluded'
+        if reason is not None:
+            report.skipped[name] = reason
+            continue
+        try:  # every conv is checked before the first one is replaced
+            resolve_d_mul(D_mul, child.kernel_size)
+        except ValueError as error:
+            raise ValueError(f'{name}: {error}') from None
+        report.converted.append(name)
+    for name in report.converted:
+        parent_name, _, child_name = name.rpartition('.')
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child_name,
+                doconv_like(getattr(parent, child_name), D_mul, D_init))
+    if not report.converted:
+        print_log(f'convert_to_doconv: nothing to convert ({report})',
+                  'current', logging.WARNING)
+    return report
