@@ -18,7 +18,7 @@ from .cnn import (ConversionReport, DOConv, DOConv2d, build_doconv,
 from .deploy import count_doconv, fold_doconv, fold_state_dict, \
     swap_in_folded
 from .engine import (CPUAwareDistributedDataParallel, CPUBf16OptimWrapper,
-                     DOConvFoldHook)
+                     DOConvFoldHook, DOConvRunner, apply_doconv_switch)
 from .models.pretrained import PretrainedDOConvInit
 from .utils import (InvalidCheckpointError, UnsafeCheckpointError,
                     convert_reference_state_dict, load_checkpoint_file,
@@ -27,8 +27,6 @@ from .utils import (InvalidCheckpointError, UnsafeCheckpointError,
 from .version import __version__
 
 # OpenMMLab modules with a DO-Conv variant, registered when installed.
-if importlib.util.find_spec('mmdet') is not None:
-    from .models import rpn_head  # noqa: F401
 if importlib.util.find_spec('mmpretrain') is not None:
     from .models import resnet_stages  # noqa: F401
 
@@ -40,7 +38,8 @@ __all__ = [
     'DOConv2d', 'DOConv', 'build_doconv', 'compose_kernel', 'doconv_identity',
     'convert_to_doconv', 'ConversionReport',
     'fold_doconv', 'fold_state_dict', 'count_doconv', 'swap_in_folded',
-    'DOConvFoldHook', 'CPUBf16OptimWrapper', 'PretrainedDOConvInit',
+    'DOConvFoldHook', 'DOConvRunner', 'apply_doconv_switch',
+    'CPUBf16OptimWrapper', 'PretrainedDOConvInit',
     'CPUAwareDistributedDataParallel', 'convert_reference_state_dict',
     'UnsafeCheckpointError', 'InvalidCheckpointError', 'load_checkpoint_file',
     'load_checkpoint_url', 'register_safe_loaders', 'save_folded_checkpoint',

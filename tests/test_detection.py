@@ -6,12 +6,12 @@ import re
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import MODELS, DefaultScope
-from mmengine.runner import Runner
+from mmengine.registry import DefaultScope
 from torch import nn
 
 import mmdoconv  # noqa: F401
 from mmdoconv import DOConv2d, load_checkpoint_file
+from mmdoconv.utils.cli import build_model, build_runner
 from runs import (as_cli, config_path, detection_options, logged_metrics,
                   run_tool)
 
@@ -39,9 +39,9 @@ def _flatten(node, prefix=''):
 
 
 def _allowed(path: str) -> bool:
-    """The only changes the paper's protocol allows: conv type, pretrained
-    checkpoint, and the plugin's imports and hooks."""
-    return ('conv_cfg' in path or path == 'model.rpn_head.type'
+    """The only changes the paper's protocol allows: the conversion switch,
+    pretrained checkpoint, and the plugin's imports and hooks."""
+    return (path in ('runner_type', 'doconv')
             or path.startswith(('custom_imports', 'custom_hooks',
                                 'model.backbone.init_cfg',
                                 'doconv_backbone_checkpoint')))
@@ -88,7 +88,7 @@ def test_every_non_pointwise_conv_is_doconv(variant):
     name = BASELINE if variant == 'baseline' else VARIANTS[variant]
     cfg = _load(name)
     with DefaultScope.overwrite_default_scope('mmdet'):
-        model = MODELS.build(cfg.model)
+        model = build_model(cfg)  # MODELS.build + the config's switch
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     doconv = [m for m in convs if isinstance(m, DOConv2d)]
     assert len(doconv) == EXPECTED_DOCONV[variant]
@@ -106,7 +106,7 @@ def _runner(name, work_dir, options, **overrides):
     cfg.work_dir = str(work_dir)
     for key, value in overrides.items():
         cfg[key] = value
-    return Runner.from_cfg(cfg)
+    return build_runner(cfg)
 
 
 def test_doconv_task_trains_and_folded_evaluation_equals_unfolded(

@@ -5,12 +5,12 @@ import re
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import MODELS, DefaultScope
-from mmengine.runner import Runner
+from mmengine.registry import DefaultScope
 from torch import nn
 
 import mmdoconv  # noqa: F401
 from mmdoconv import DOConv2d, fold_doconv
+from mmdoconv.utils.cli import build_model, build_runner
 from runs import as_cli, config_path, run_tool, segmentation_options
 from test_detection import _flatten
 
@@ -37,7 +37,7 @@ def _load(dataset, variant):
 
 
 def _allowed(path: str) -> bool:
-    return ('conv_cfg' in path or path == 'model.pretrained'
+    return (path in ('runner_type', 'doconv', 'model.pretrained')
             or path.startswith(('custom_imports', 'custom_hooks',
                                 'model.backbone.init_cfg',
                                 'doconv_backbone_checkpoint')))
@@ -59,7 +59,7 @@ def test_config_differs_from_baseline_only_in_conv_type(dataset, variant):
 def test_every_non_pointwise_conv_is_doconv(dataset, variant):
     cfg = _load(dataset, variant)
     with DefaultScope.overwrite_default_scope('mmseg'):
-        model = MODELS.build(cfg.model)
+        model = build_model(cfg)  # MODELS.build + the config's switch
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     doconv = [m for m in convs if isinstance(m, DOConv2d)]
     expected = TASK_STAGE_DOCONV[dataset] if variant in ('task',
@@ -80,7 +80,7 @@ def _runner(dataset, variant, work_dir, options, **overrides):
     cfg.merge_from_dict(options)
     cfg.merge_from_dict(overrides)
     cfg.work_dir = str(work_dir)
-    return Runner.from_cfg(cfg)
+    return build_runner(cfg)
 
 
 @pytest.mark.parametrize('dataset', sorted(CONFIGS))

@@ -11,14 +11,12 @@ import os
 
 from mmengine.evaluator import DumpResults
 from mmengine.model import BaseTTAModel, is_model_wrapper
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
 import mmdoconv  # noqa: F401
 from mmdoconv.utils.cli import (BadInputError, DictAction, add_hook_once,
-                              check_checkpoint_matches_model, cli_main,
-                              prepare_run_config, require_file)
+                                build_runner, check_checkpoint_matches_model,
+                                cli_main, prepare_run_config, require_file)
 
 
 def parse_args() -> argparse.Namespace:
@@ -104,8 +102,7 @@ def main() -> None:
                                'the config')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.model = dict(**cfg.tta_model, module=cfg.model)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
-        else RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     model = runner.model
     while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
         model = model.module

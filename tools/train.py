@@ -6,16 +6,14 @@ DOConv, the fold hook and torch >= 2.6-safe checkpoint loading.
 import argparse
 import os
 
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
 import mmdoconv  # noqa: F401
 from mmdoconv.engine.amp import enable_amp
-from mmdoconv.utils.cli import (BadInputError, DictAction, cli_main,
-                              prepare_run_config, require_file,
-                              require_fresh_work_dir,
-                              require_training_checkpoint)
+from mmdoconv.utils.cli import (BadInputError, DictAction, build_runner,
+                                cli_main, prepare_run_config, require_file,
+                                require_fresh_work_dir,
+                                require_training_checkpoint)
 
 
 def parse_args() -> argparse.Namespace:
@@ -75,8 +73,7 @@ def main() -> None:
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
-        else RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     runner.train()
 
 

@@ -13,10 +13,10 @@ from typing import Dict, List
 
 import torch
 from mmengine.config import Config
-from mmengine.runner import Runner
 
 from mmdoconv import fold_doconv
 from mmdoconv.utils.benchmark import interleaved_medians
+from mmdoconv.utils.cli import build_runner
 
 from .recipes import detection_options, segmentation_options
 from .synthetic import write_cityscapes, write_coco
@@ -56,12 +56,12 @@ def _options(kind: str, data_root: str) -> Dict:
         })
 
 
-def _runner(config: str, options: Dict, work_dir: str) -> Runner:
+def _runner(config: str, options: Dict, work_dir: str):
     cfg = Config.fromfile(osp.join(_ROOT, 'configs', config))
     cfg.merge_from_dict(options)
     cfg.work_dir = work_dir
     cfg.custom_hooks = []
-    return Runner.from_cfg(cfg)
+    return build_runner(cfg)
 
 
 def benchmark_model(kind: str, repeats: int = 5, warmup: int = 2,

@@ -174,13 +174,13 @@ def train_step_seconds(work_dir: str) -> float:
 
 def count_parameters(config: str, options: Dict, scope: str,
                      fold: bool) -> int:
-    from mmengine.config import Config
-    from mmengine.registry import DefaultScope, MODELS
+    from mmengine.registry import DefaultScope
+
     from mmdoconv import fold_doconv
-    cfg = Config.fromfile(osp.join(ROOT, config))
-    cfg.merge_from_dict(options)
+    from mmdoconv.utils.cli import build_model, load_config
+    cfg = load_config(osp.join(ROOT, config), options)
     with DefaultScope.overwrite_default_scope(scope):
-        model = MODELS.build(cfg.model)
+        model = build_model(cfg)
     if fold:
         fold_doconv(model)
     return sum(p.numel() for p in model.parameters())

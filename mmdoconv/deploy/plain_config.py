@@ -7,7 +7,7 @@ checkpoint, so stock mmdet / mmseg / mmpretrain code loads the pair with
 """
 import copy
 import os.path as osp
-from typing import Any, Dict, Tuple
+from typing import Any, Tuple
 
 from mmengine.config import Config
 
@@ -15,11 +15,8 @@ from ..utils.checkpoint import load_checkpoint_file, save_folded_checkpoint
 
 #: Registry names whose layers fold to ``nn.Conv2d``.
 DOCONV_TYPES = ('DOConv', 'DOConv2d')
-#: mmdoconv module types with a stock equivalent once folded, and the keys
-#: that only the mmdoconv type takes.
-PLAIN_EQUIVALENTS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
-    'DOConvRPNHead': ('RPNHead', ('conv_cfg', )),
-}
+#: Keys of a DO-Conv layer config that a plain conv does not take.
+_DOCONV_KEYS = ('type', 'D_mul', 'D_init')
 _PLUGIN = 'mmdoconv'
 _HOOKS = ('DOConvFoldHook', )
 
@@ -32,18 +29,11 @@ def _strip_doconv(node: Any) -> Any:
     if isinstance(node, dict):
         type_name = _type_name(node.get('type'))
         if type_name in DOCONV_TYPES:
-            rest = {k: v for k, v in node.items() if k not in ('type',
-                                                               'D_mul')}
+            rest = {k: v for k, v in node.items() if k not in _DOCONV_KEYS}
             # A bare conv_cfg becomes None (mmcv's default plain conv); a
             # full layer config becomes mmcv's registered 'Conv2d'.
             return dict(type='Conv2d', **rest) if rest else None
-        stripped = {key: _strip_doconv(value) for key, value in node.items()}
-        if type_name in PLAIN_EQUIVALENTS:
-            plain_type, own_keys = PLAIN_EQUIVALENTS[type_name]
-            stripped['type'] = plain_type
-            for key in own_keys:
-                stripped.pop(key, None)
-        return stripped
+        return {key: _strip_doconv(value) for key, value in node.items()}
     if isinstance(node, (list, tuple)):
         return type(node)(_strip_doconv(value) for value in node)
     return node
@@ -52,11 +42,15 @@ def _strip_doconv(node: Any) -> Any:
 def plain_config(cfg: Config) -> Config:
     """The same config with DO-Conv replaced by plain convolutions.
 
-    ``conv_cfg=dict(type='DOConv', ...)`` becomes ``None``, mmdoconv leaves
-    ``custom_imports`` and ``DOConvFoldHook`` leaves ``custom_hooks``.  The
-    input is not modified.
+    The conversion switch (``runner_type='DOConvRunner'`` and its ``doconv``
+    options) goes, ``conv_cfg=dict(type='DOConv', ...)`` becomes ``None``,
+    mmdoconv leaves ``custom_imports`` and ``DOConvFoldHook`` leaves
+    ``custom_hooks``.  The input is not modified.
     """
     data = _strip_doconv(copy.deepcopy(cfg.to_dict()))
+    if data.get('runner_type') == 'DOConvRunner':
+        del data['runner_type']
+    data.pop('doconv', None)
     imports = data.get('custom_imports')
     if imports:
         names = [n for n in imports.get('imports', []) if n != _PLUGIN

@@ -22,7 +22,8 @@ from .checkpoint import InvalidCheckpointError, UnsafeCheckpointError
 KNOWN_SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
 __all__ = ['DictAction', 'load_config', 'import_scope', 'default_work_dir',
-           'add_hook_once', 'prepare_run_config', 'require_file',
+           'add_hook_once', 'prepare_run_config', 'require_file', 'build_model',
+           'build_runner',
            'BadInputError', 'cli_main',
            'require_new_output', 'require_fresh_work_dir',
            'require_training_checkpoint', 'model_state_dict_of',
@@ -224,6 +225,29 @@ def import_scope(cfg: Config) -> str:
     utils = importlib.import_module(f'{scope}.utils')
     utils.register_all_modules(init_default_scope=True)
     return scope
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """Build ``cfg.model`` in the config's scope, converted as its
+    ``runner_type='DOConvRunner'`` switch says (what the Runner would build).
+    """
+    from mmengine.registry import MODELS
+
+    from ..engine.runner import apply_doconv_switch
+    import_scope(cfg)
+    model = MODELS.build(cfg.model)
+    apply_doconv_switch(model, cfg)
+    return model
+
+
+def build_runner(cfg: Config):
+    """What mmdet's / mmseg's tools do: ``RUNNERS.build`` when the config
+    names a ``runner_type`` (the DO-Conv switch is one), else
+    ``Runner.from_cfg``."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    return RUNNERS.build(cfg) if 'runner_type' in cfg else \
+        Runner.from_cfg(cfg)
 
 
 def default_work_dir(config_path: str) -> str:

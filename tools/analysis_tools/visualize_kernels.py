@@ -7,11 +7,10 @@ import argparse
 import os.path as osp
 import sys
 
-from mmengine.registry import MODELS
 from mmengine.runner import load_checkpoint
 
 import mmdoconv  # noqa: F401
-from mmdoconv.utils.cli import (DictAction, cli_main, import_scope,
+from mmdoconv.utils.cli import (DictAction, build_model, cli_main,
                                 load_config)
 from mmdoconv.utils.kernel_maps import kernel_change_maps
 
@@ -34,8 +33,7 @@ def main() -> None:
     if not args.out.endswith('.png'):
         parser.error(f'OUT must be a .png file, but got {args.out!r}')
     cfg = load_config(args.config, args.cfg_options)
-    import_scope(cfg)
-    model = MODELS.build(cfg.model)
+    model = build_model(cfg)
     load_checkpoint(model, args.checkpoint, map_location='cpu', strict=True)
     maps = kernel_change_maps(model, args.prefix)
     if not maps:

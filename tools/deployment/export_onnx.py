@@ -8,14 +8,13 @@ kind of model exports).  Prints the max |PyTorch - onnxruntime| difference.
 import argparse
 
 import torch
-from mmengine.registry import MODELS
 from mmengine.runner import load_checkpoint
 
 import mmdoconv  # noqa: F401
 from mmdoconv.deploy.export import (dummy_inputs, export_onnx,
                                     max_abs_difference, node_histogram)
 from mmdoconv.utils.cli import (BadInputError, DictAction, cli_main,
-                                import_scope, load_config, require_file,
+                                build_model, load_config, require_file,
                                 require_new_output)
 
 
@@ -60,8 +59,7 @@ def main() -> None:
     require_file(args.checkpoint, 'checkpoint')
     require_file(args.image, '--image')
     cfg = load_config(args.config, args.cfg_options)
-    import_scope(cfg)
-    model = MODELS.build(cfg.model)
+    model = build_model(cfg)
     load_checkpoint(model, args.checkpoint, map_location='cpu', strict=True)
     model.eval()
     height, width = args.shape
