@@ -114,10 +114,22 @@ def test_loading_another_d_mul_names_the_mismatch(tmp_path):
         load_checkpoint(other, str(tmp_path / 'dmul16.pth'))
 
 
+def _drop_logger_handlers():
+    """mmengine's loggers keep a handler on the stream capsys gave them; the
+    next in-process run must not write to that closed stream."""
+    from mmengine.logging import MMLogger
+    for logger in list(MMLogger._instance_dict.values()):
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+    MMLogger._instance_dict.clear()
+
+
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
     """Run tools/<path>.py in this process; return (exit code, stderr)."""
     handler = signal.getsignal(signal.SIGTERM)
+    _drop_logger_handlers()
 
     def run(tool, *args):
         monkeypatch.setattr(sys, 'argv', [tool, *map(str, args)])
@@ -128,6 +140,7 @@ def run_cli(monkeypatch, capsys):
             code = exit_.code
         finally:
             signal.signal(signal.SIGTERM, handler)
+            _drop_logger_handlers()
         return code, capsys.readouterr().err
 
     return run

@@ -117,17 +117,3 @@ def test_torch_export_keeps_working():
     exported = torch.export.export(model, (x, ))
     torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5,
                                atol=1e-5)
-
-
-def test_mmengine_efficient_conv_bn_eval_option():
-    """mmengine's Runner option traces the named modules with FX."""
-    from mmengine.model.efficient_conv_bn_eval import \
-        turn_on_efficient_conv_bn_eval
-    model = nn.Sequential()
-    model.add_module('backbone', _random_d(_ConvBN(16)))
-    model.eval()
-    x = torch.randn(2, 8, 7, 7)
-    expected = _folded(model)(x)
-    turn_on_efficient_conv_bn_eval(model, ['backbone'])
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)

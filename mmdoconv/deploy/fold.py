@@ -111,10 +111,14 @@ def _check_entry(state_dict: Mapping[str, Tensor], key: str) -> Tuple[
             f'{prefix}weight ({weight.dtype}, {weight.device}) and {key} '
             f'({d.dtype}, {d.device}) must have the same dtype and device')
     in_channels, kernel_numel, d_mul = d.shape
-    kernel_size = _kernel_size_of(state_dict, prefix, weight, kernel_numel)
     out_channels, in_per_group = weight.shape[:2]
-    if (min(out_channels, in_per_group, in_channels, kernel_numel) == 0
-            or kernel_size[0] * kernel_size[1] != kernel_numel
+    if min(weight.shape + d.shape) == 0:
+        raise ValueError(
+            f'inconsistent DO-Conv entry {prefix[:-1]!r}: D has shape '
+            f'{tuple(d.shape)}, weight {tuple(weight.shape)}: a dimension is '
+            '0')
+    kernel_size = _kernel_size_of(state_dict, prefix, weight, kernel_numel)
+    if (kernel_size[0] * kernel_size[1] != kernel_numel
             or weight[0, 0].numel() != d_mul or in_channels % in_per_group
             or out_channels % (in_channels // in_per_group)):
         raise ValueError(

@@ -83,9 +83,13 @@ def load_checkpoint_stream(source: Union[str, IO[bytes]],
     except pickle.UnpicklingError as error:
         reason = _refusal_reason(error)
         if reason is None:
+            # torch's message opens with advice about weights_only, which
+            # does not apply to a file that is not a checkpoint at all.
+            detail = str(error).split('WeightsUnpickler error: ')[-1]
+            detail = detail.strip().splitlines()[0] if detail.strip() else ''
             raise InvalidCheckpointError(
-                f'{name!r} is not a readable PyTorch checkpoint: '
-                f'{str(error).splitlines()[0]}') from None
+                f'{name!r} is not a readable PyTorch checkpoint (not a torch '
+                f'zip archive or pickle: {detail})') from None
         raise UnsafeCheckpointError(
             f'refusing to load checkpoint {name!r}: it holds objects outside '
             'tensors, containers and the numpy/HistoryBuffer data mmengine '

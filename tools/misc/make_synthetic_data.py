@@ -44,14 +44,10 @@ def main() -> None:
             print(f'{name}: {root} exists, skipped (--force rewrites it)')
         else:
             names.append(name)
-    try:  # every folder is checked before anything is written
-        for name in names:
-            root = osp.join(args.data_dir,
-                            osp.relpath(DEFAULT_ROOTS[name], 'data'))
-            if osp.exists(root):
-                claim_root(root)
-    except FileExistsError as error:
-        sys.exit(f'error: {error}')
+    for name in names:  # every folder is checked before anything is written
+        root = osp.join(args.data_dir, osp.relpath(DEFAULT_ROOTS[name], 'data'))
+        if osp.exists(root):
+            claim_root(root)
     write_datasets(names, args.data_dir)
 
 
