@@ -8,6 +8,7 @@ from torch import nn
 
 import mmdoconv  # noqa: F401
 from mmdoconv import DOConv2d, count_doconv, load_checkpoint_file
+from mmdoconv.utils.cli import build_model
 from runs import as_cli, classification_options, config_path, run_tool
 from test_detection import _flatten
 
@@ -60,10 +61,9 @@ def _reference_backbone(state, backbone_type):
 def _task_backbone(config, checkpoint, scope, variant_expects_doconv):
     cfg = Config.fromfile(config)
     cfg.model.backbone.init_cfg.checkpoint = checkpoint
-    from mmengine.registry import MODELS
     with DefaultScope.overwrite_default_scope(scope):
-        model = MODELS.build(cfg.model)
-        model.init_weights()
+        model = build_model(cfg)  # converted by the config's switch, then
+        model.init_weights()      # initialised, as the Runner does
     backbone = model.backbone
     assert (count_doconv(backbone) > 0) == variant_expects_doconv
     backbone.eval()

@@ -241,6 +241,9 @@ def test_synthetic_data_never_touches_real_data(run_cli, tmp_path):
      ['text.pth', 'not a readable PyTorch checkpoint']),
     ('model_converters/fold_checkpoint.py', ['{config}', '{random}', '{tmp}/out'],
      ['random.pth', 'not a readable PyTorch checkpoint']),
+    ('model_converters/fold_checkpoint.py',
+     ['{config}', '{not_a_model}', '{tmp}/out'],
+     ['not_a_model.pth', 'not a model checkpoint']),
     ('model_converters/fold_checkpoint.py', ['{syntax}', '{empty}', '{tmp}/out'],
      ['broken.py', 'not valid Python']),
     ('model_converters/fold_checkpoint.py', ['{config}', '{tmp}/missing.pth', '{tmp}/out'],
@@ -267,6 +270,8 @@ def test_command_line_bad_input_is_one_line(tool, args, phrases, run_cli,
     files['text'].write_text('not a checkpoint\n')
     files['random'].write_bytes(os.urandom(2048))
     files['syntax'].write_text('model = dict(type=\n')
+    files['not_a_model'] = tmp_path / 'not_a_model.pth'
+    torch.save({'state_dict': 'x', 'meta': {}}, files['not_a_model'])
     _assert_one_line_error(
         run_cli(tool, *[arg.format(**files) for arg in args]), *phrases)
 

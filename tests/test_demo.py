@@ -1,11 +1,17 @@
 """A shortened `make demo` (tools/misc/demo.py --quick) and every artifact it writes."""
+import glob
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 from PIL import Image
 
-from runs import run_tool
+from runs import ROOT, run_tool
 
 
 def _assert_png_has_content(path):
@@ -47,3 +53,51 @@ def test_quick_demo_writes_every_artifact(tmp_path):
         for kind in ('loss_curves', 'kernel_maps'):
             _assert_png_has_content(work_dir / f'{name}_{kind}.png')
         assert (work_dir / name / 'doconv' / f'{name}_folded.onnx').is_file()
+
+
+def _children(pid):
+    """Pids whose parent is ``pid`` (from /proc; Linux)."""
+    found = []
+    for stat in glob.glob('/proc/[0-9]*/stat'):
+        try:
+            fields = open(stat).read().rsplit(')', 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.split('/')[2]))
+    return found
+
+
+def _alive(pid):
+    try:
+        state = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != 'Z'
+
+
+def test_stopping_the_demo_stops_the_tool_it_started(tmp_path):
+    """SIGTERM to the demo used to leave its training running."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    demo = subprocess.Popen(
+        [sys.executable, 'tools/misc/demo.py', '--quick', '--work-dir',
+         str(tmp_path / 'demo'), '--data-dir', str(tmp_path / 'data')],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        children = []
+        while not children and time.monotonic() < deadline:
+            time.sleep(0.5)
+            children = _children(demo.pid)
+        assert children, 'the demo started no tool'
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=60)
+        assert demo.returncode != 0
+        deadline = time.monotonic() + 30
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(map(_alive, children)), 'the tool kept running'
+    finally:
+        if demo.poll() is None:
+            demo.kill()

@@ -125,10 +125,11 @@ def test_doconv_task_trains_and_folded_evaluation_equals_unfolded(
         str(deploy))['state_dict'])
 
     config = config_path('faster_rcnn', VARIANTS['task'])
+    # Without --deploy: the model as trained, although the config lists
+    # DOConvFoldHook (fold_test=True); with it: folded.
     unfolded = run_tool('tools/test.py', config, str(checkpoint),
                         '--work-dir', str(tmp_path / 'unfolded'), '--out',
-                        str(tmp_path / 'unfolded.pkl'),
-                        *as_cli({**options, 'custom_hooks': []}))
+                        str(tmp_path / 'unfolded.pkl'), *as_cli(options))
     folded = run_tool('tools/test.py', config, str(checkpoint), '--deploy',
                       '--work-dir', str(tmp_path / 'folded'), '--out',
                       str(tmp_path / 'folded.pkl'), *as_cli(options))

@@ -226,3 +226,27 @@ def test_fold_draws_no_random_numbers():
     assert torch.equal(before, torch.get_rng_state())
     x = torch.randn(2, 4, 7, 7)
     assert torch.allclose(plain(x), layer(x), atol=1e-5)
+
+
+def test_tta_model_folds_without_a_probe_warning(caplog):
+    """mmdet/mmseg --tta wraps the model in a BaseTTAModel, whose batches are
+    lists of augmentations: no probe, no warning, still folded."""
+    from types import SimpleNamespace
+
+    from mmengine.model import BaseTTAModel
+
+    class _TTA(BaseTTAModel):
+
+        def merge_preds(self, data_samples_list):
+            return data_samples_list[0]
+
+    model = _TTA(module=ToyNet())
+    hook = DOConvFoldHook()
+    runner = SimpleNamespace(model=model)
+    batch = dict(inputs=[[torch.randn(3, 8, 8)]], data_samples=[[None]])
+    with caplog.at_level(logging.DEBUG):
+        hook.before_test_iter(runner, 0, batch)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any(isinstance(m, DOConv2d) for m in model.modules())
+    hook.after_test_epoch(runner)
+    assert isinstance(model.module.body[0], DOConv2d)

@@ -9,7 +9,7 @@ own).
 import fnmatch
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
 from mmengine.logging import print_log
@@ -75,7 +75,8 @@ def doconv_like(conv: nn.Conv2d, D_mul: Union[None, int, str] = None,
 
     With ``D_init='identity'`` (D = I) it computes exactly what ``conv``
     computes; for ``D_mul > M*N`` W is padded with zeros, which composes back
-    to the same kernel.  Device, dtype and ``requires_grad`` are kept.
+    to the same kernel.  Device, dtype and ``requires_grad`` are kept; D
+    is trainable exactly when W is.
     """
     layer = nn.utils.skip_init(
         DOConv2d, conv.in_channels, conv.out_channels, conv.kernel_size,
@@ -101,6 +102,8 @@ def doconv_like(conv: nn.Conv2d, D_mul: Union[None, int, str] = None,
     if 'kernel_hw' in layer._buffers:
         layer.kernel_hw.copy_(torch.tensor(layer.kernel_size))
     layer.reset_d()
+    # A frozen conv (e.g. a backbone's frozen_stages) stays frozen, D too.
+    layer.D.requires_grad_(conv.weight.requires_grad)
     layer.train(conv.training)
     return layer
 

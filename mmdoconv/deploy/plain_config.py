@@ -12,6 +12,7 @@ from typing import Any, Tuple
 from mmengine.config import Config
 
 from ..utils.checkpoint import load_checkpoint_file, save_folded_checkpoint
+from ..utils.cli import model_state_dict_of
 
 #: Registry names whose layers fold to ``nn.Conv2d``.
 DOCONV_TYPES = ('DOConv', 'DOConv2d')
@@ -101,6 +102,7 @@ def fold_checkpoint(cfg: Config,
     plain = plain_config(cfg)
     plain.load_from = osp.abspath(out_checkpoint)
     checkpoint = load_checkpoint_file(checkpoint_path)
+    model_state_dict_of(checkpoint, checkpoint_path)  # a clear error if not
     save_folded_checkpoint(checkpoint, out_checkpoint,
                            meta=dict(cfg=plain.pretty_text))
     plain.dump(out_config)

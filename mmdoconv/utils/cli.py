@@ -8,11 +8,10 @@ library's modules when the Runner first builds something.
 import functools
 import glob
 import importlib
-import os
 import os.path as osp
 import signal
 import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from mmengine.config import Config, DictAction
 from torch import Tensor, nn
