@@ -20,7 +20,7 @@ from .recipes import detection_options, segmentation_options
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Lines of the tools' output shown under the phase lines.
 _SHOWN = re.compile(r'Epoch\((train|val|test)\)|Iter\((train|val|test)\)|'
-                    r'folded \d+ DO-Conv|^ONNX nodes|max \|PyTorch')
+                    r'^note: |folded \d+ DO-Conv|^ONNX nodes|max \|PyTorch')
 
 
 @dataclass

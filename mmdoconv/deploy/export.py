@@ -1,21 +1,36 @@
 """ONNX export of folded OpenMMLab models, checked with onnxruntime.
 
-The exported graph is the tensor part of the model, taking the preprocessed
-(normalised, padded) batch as mmdeploy's end-to-end graphs do:
+The exported graph takes the preprocessed (normalised, padded) batch, as
+mmdeploy's end-to-end graphs do, and returns what the model's
+``mode='tensor'`` forward returns, flattened to a tuple of tensors.  Nothing
+here knows a model family.
 
-- segmentor: the decode head's logits;
-- detector with an RPN: the backbone and neck features and the RPN head's
-  raw class and box outputs, which hold every DO-Conv layer; the RoI stage's
-  proposal NMS is data dependent and is mmdeploy's business;
-- anything else: ``model(inputs, mode='tensor')``.
+Some tensor-mode forwards cannot become a static graph: mmdet 3.3's two-stage
+detectors select proposals with data-dependent NMS, and their box decoder's
+ONNX branch imports ``mmdet.core``, which mmdet 3 no longer has (mmdeploy
+rewrites both).  For such a model the exporter falls back to the *dense
+part*, found without knowing the family: ``extract_feat`` and every other
+child module that accepts its features (for Faster R-CNN: backbone, neck and
+the RPN head's raw outputs, which hold every conv of the detector).  The
+reason is reported, never hidden.
+
+Every export is checked with onnxruntime on the traced batch **and** on a
+second batch, so a graph that baked one input's data-dependent shapes into
+constants is caught.
 """
-from typing import List, Sequence, Tuple
+import logging
+from collections import Counter
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from .fold import fold_doconv
+
+#: Children that :meth:`extract_feat` already runs, or that take no features.
+_FEATURE_PRODUCERS = ('backbone', 'neck', 'data_preprocessor')
 
 
 def flatten_tensors(outputs) -> List[Tensor]:
@@ -30,46 +45,176 @@ def flatten_tensors(outputs) -> List[Tensor]:
 
 
 class TensorGraph(nn.Module):
-    """An OpenMMLab model's exportable part: a batch in, a flat tuple out."""
+    """An OpenMMLab model's exportable part: a batch in, a flat tuple out.
 
-    def __init__(self, model: nn.Module) -> None:
+    Args:
+        model (nn.Module): An OpenMMLab model (``forward(inputs, data_samples,
+            mode)``) or any module taking one batch tensor.
+        part (str): ``'tensor'`` for the ``mode='tensor'`` forward, ``'dense'``
+            for ``extract_feat`` plus the children that take its features
+            (see :func:`dense_heads`).
+    """
+
+    def __init__(self, model: nn.Module, part: str = 'tensor',
+                 data_samples: Optional[list] = None) -> None:
         super().__init__()
+        if part not in ('tensor', 'dense'):
+            raise ValueError(
+                f"part must be 'tensor' or 'dense', but got {part!r}")
         self.model = model
+        self.part = part
+        self.data_samples = data_samples
+        self.heads: List[str] = []
 
     def forward(self, inputs: Tensor) -> Tuple[Tensor, ...]:
-        model = self.model
-        if hasattr(model, 'rpn_head') and hasattr(model, 'extract_feat'):
-            features = model.extract_feat(inputs)
-            rpn_outputs = model.rpn_head(features)
-            return tuple(flatten_tensors(features) + flatten_tensors(rpn_outputs))
-        if hasattr(model, 'decode_head') and hasattr(model, '_forward'):
-            return tuple(flatten_tensors(model._forward(inputs)))
-        return tuple(flatten_tensors(model(inputs, mode='tensor')))
+        if self.part == 'tensor':
+            return tuple(flatten_tensors(
+                _tensor_forward(self.model, inputs, self.data_samples)))
+        features = self.model.extract_feat(inputs)
+        outputs = flatten_tensors(features)
+        for name in self.heads:
+            outputs += flatten_tensors(getattr(self.model, name)(features))
+        return tuple(outputs)
 
-    def output_names(self, inputs: Tensor) -> List[str]:
-        with torch.no_grad():
-            count = len(self(inputs))
-        return [f'output_{i}' for i in range(count)]
+
+def _tensor_forward(model: nn.Module, inputs: Tensor,
+                    data_samples: Optional[list]):
+    try:
+        return model(inputs, data_samples, mode='tensor')
+    except TypeError as error:
+        if 'mode' not in str(error):
+            raise
+        return model(inputs)  # a plain nn.Module
 
 
 @torch.no_grad()
-def export_onnx(model: nn.Module, inputs: Tensor, path: str,
-                opset_version: int = 17) -> int:
-    """Fold ``model`` in place and export its tensor graph to ``path``.
+def dense_heads(model: nn.Module, inputs: Tensor) -> List[str]:
+    """Names of the children of ``model`` that accept ``extract_feat``'s output.
 
-    Returns:
-        The number of DO-Conv layers folded.
+    Each candidate child is called once on the features; one that raises does
+    not take them (for example a RoI head, which needs proposals) and is left
+    out.  This is how the dense part is found without naming model families.
     """
-    folded = fold_doconv(model)
-    graph = TensorGraph(model.eval()).eval()
+    if not hasattr(model, 'extract_feat'):
+        raise TypeError(f'{type(model).__name__} has no extract_feat, so its '
+                        'dense part is not defined')
+    features = model.extract_feat(inputs)
+    names = []
+    for name, child in model.named_children():
+        if name in _FEATURE_PRODUCERS:
+            continue
+        try:
+            outputs = child(features)
+        except Exception:  # noqa: BLE001 - any failure means "not a taker"
+            continue
+        if flatten_tensors(outputs):
+            names.append(name)
+    return names
+
+
+def _traceable(graph: TensorGraph, inputs: Tensor, path: str,
+               opset_version: int) -> None:
+    with torch.no_grad():
+        if not graph(inputs):
+            raise RuntimeError('the forward returns no tensors')
     torch.onnx.export(
         graph, (inputs, ),
         path,
         input_names=['inputs'],
-        output_names=graph.output_names(inputs),
+        output_names=[f'output_{i}' for i in range(len(graph(inputs)))],
         opset_version=opset_version,
         dynamo=False)
-    return folded
+
+
+def export_onnx(model: nn.Module,
+                inputs: Tensor,
+                path: str,
+                opset_version: int = 17,
+                part: Optional[str] = None,
+                data_samples: Optional[list] = None,
+                log: Callable[[str], None] = None) -> TensorGraph:
+    """Fold ``model`` in place and export its tensor graph to ``path``.
+
+    Args:
+        model (nn.Module): The model; DO-Conv layers are folded first.
+        inputs (Tensor): A preprocessed batch.
+        path (str): Where the ``.onnx`` file goes.
+        opset_version (int): ONNX opset.
+        part (str, optional): ``'tensor'`` or ``'dense'`` (see
+            :class:`TensorGraph`); None tries ``'tensor'`` first and falls back
+            to ``'dense'`` with the reason logged.
+        data_samples (list, optional): The batch's data samples, for
+            tensor-mode forwards that read image meta (see
+            :func:`example_data_samples`).
+        log (callable, optional): Where the fallback's reason goes.
+
+    Returns:
+        TensorGraph: The exported graph module, with ``folded`` (the number of
+        DO-Conv layers folded) and ``fallback_reason`` set.
+    """
+    log = log or (lambda msg: print_log(msg, 'current', logging.WARNING))
+    folded = fold_doconv(model)
+    model.eval()
+    reason = None
+    graph = None
+    if part in (None, 'tensor'):
+        graph = TensorGraph(model, 'tensor', data_samples)
+        try:
+            _traceable(graph, inputs, path, opset_version)
+        except Exception as error:  # noqa: BLE001 - reported, then fallback
+            if part == 'tensor':
+                raise
+            reason = (f"the mode='tensor' forward of {type(model).__name__} "
+                      f'cannot be exported ({type(error).__name__}: '
+                      f'{str(error).splitlines()[0] if str(error) else ""})')
+            graph = None
+    if graph is None:
+        graph = TensorGraph(model, 'dense')
+        graph.heads = dense_heads(model, inputs)
+        if reason:
+            log(f'{reason}; exported its dense part instead: extract_feat'
+                + ''.join(f' + {name}' for name in graph.heads))
+        _traceable(graph, inputs, path, opset_version)
+    graph.folded = folded
+    graph.opset_version = opset_version
+    graph.fallback_reason = reason
+    return graph.eval()
+
+
+#: Values for the meta keys OpenMMLab's packing transforms ask for.
+_META_DEFAULTS = dict(
+    img_id=0, img_path='inputs.png', seg_map_path=None, flip=False,
+    flip_direction=None, reduce_zero_label=False, scale_factor=(1.0, 1.0))
+
+
+def example_data_samples(cfg, inputs: Tensor) -> Optional[list]:
+    """Data samples for ``inputs`` as the config's test pipeline packs them.
+
+    The pipeline's last transform (``PackDetInputs``, ``PackSegInputs``,
+    ``PackInputs``, ...) packs an image of the batch's size with the meta
+    keys it asks for, so the samples have the class and fields the model's
+    own test path gives it.  None when the config has no test pipeline.
+    """
+    from mmengine.registry import TRANSFORMS, DefaultScope
+    pipeline = cfg.get('test_dataloader', {}).get('dataset', {}).get(
+        'pipeline') or cfg.get('test_pipeline')
+    if not pipeline:
+        return None
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
+        pack = TRANSFORMS.build(pipeline[-1])
+    height, width = inputs.shape[-2:]
+    shapes = dict(ori_shape=(height, width), img_shape=(height, width),
+                  pad_shape=(height, width))
+    samples = []
+    for image in inputs:
+        results = dict(img=image.permute(1, 2, 0).numpy())
+        for key in getattr(pack, 'meta_keys', ()):
+            if key in shapes or key in _META_DEFAULTS:
+                results[key] = shapes.get(key, _META_DEFAULTS.get(key))
+        sample = pack(results)['data_samples']
+        sample.set_metainfo(dict(batch_input_shape=(height, width)))
+        samples.append(sample)
+    return samples
 
 
 def run_onnx(path: str, inputs: Tensor) -> List[np.ndarray]:
@@ -81,21 +226,28 @@ def run_onnx(path: str, inputs: Tensor) -> List[np.ndarray]:
 
 
 @torch.no_grad()
-def max_abs_difference(model: nn.Module, path: str, inputs: Tensor) -> float:
+def max_abs_difference(graph: nn.Module, path: str, inputs: Tensor) -> float:
     """Largest |PyTorch - onnxruntime| over every output of the graph."""
-    expected = TensorGraph(model.eval())(inputs)
+    expected = graph(inputs)
     actual = run_onnx(path, inputs)
     if len(expected) != len(actual):
         raise RuntimeError(f'the ONNX graph has {len(actual)} outputs, the '
                            f'PyTorch model {len(expected)}')
-    return max(
-        float(np.abs(e.numpy() - a).max()) for e, a in zip(expected, actual))
+    differences = []
+    for index, (e, a) in enumerate(zip(expected, actual)):
+        if tuple(e.shape) != tuple(a.shape):
+            raise RuntimeError(
+                f'output {index} has shape {tuple(a.shape)} in ONNX but '
+                f'{tuple(e.shape)} in PyTorch: the graph depends on the traced '
+                'input')
+        differences.append(float(np.abs(e.numpy() - a).max()) if a.size
+                           else 0.0)
+    return max(differences)
 
 
 def node_histogram(path: str) -> dict:
     """``{op_type: count}`` of an ONNX graph's nodes."""
     import onnx
-    from collections import Counter
     return dict(Counter(node.op_type for node in onnx.load(path).graph.node))
 
 

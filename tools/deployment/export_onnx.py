@@ -2,16 +2,23 @@
 
     python tools/deployment/export_onnx.py CONFIG CHECKPOINT OUT.onnx [--image IMG]
 
-The graph takes the preprocessed batch (see mmdoconv.deploy.export for what each
-kind of model exports).  Prints the max |PyTorch - onnxruntime| difference.
+The graph takes the preprocessed batch and returns what the model's
+``mode='tensor'`` forward returns; where that forward cannot be exported (mmdet
+3.3's two-stage detectors), its dense part, with the reason printed (see
+mmdoconv.deploy.export).  Prints the ONNX node histogram and the max
+|PyTorch - onnxruntime| difference on the traced batch and on a second one.
 """
 import argparse
+import os.path as osp
+import tempfile
 
 import torch
 from mmengine.runner import load_checkpoint
 
 import mmdoconv  # noqa: F401
-from mmdoconv.deploy.export import (dummy_inputs, export_onnx,
+from mmdoconv.deploy import plain_config
+from mmdoconv.deploy.export import (dummy_inputs, example_data_samples,
+                                    export_onnx,
                                     max_abs_difference, node_histogram)
 from mmdoconv.utils.cli import (BadInputError, DictAction, cli_main,
                                 build_model, load_config, require_file,
@@ -30,6 +37,11 @@ def parse_args() -> argparse.Namespace:
         '--image', help='an image to export and check with (resized to '
         '--shape and preprocessed by the model); random input otherwise')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset')
+    parser.add_argument(
+        '--part', choices=['tensor', 'dense'],
+        help="what to export: the mode='tensor' forward or the dense part "
+        "(extract_feat and the heads that take its features); default: "
+        "'tensor', falling back to 'dense' with the reason printed")
     parser.add_argument('--overwrite', action='store_true',
                         help='replace OUT if it exists')
     parser.add_argument(
@@ -46,6 +58,18 @@ def image_inputs(model, path: str, height: int, width: int) -> torch.Tensor:
     data = model.data_preprocessor(
         dict(inputs=[tensor], data_samples=None), False)
     return data['inputs']
+
+
+def plain_histogram(cfg, folded_model, inputs, graph) -> dict:
+    """Node histogram of the same export of the plain model (the config
+    without DO-Conv) holding the folded weights."""
+    plain = build_model(plain_config(cfg))
+    plain.load_state_dict(folded_model.state_dict(), strict=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = osp.join(tmp, 'plain.onnx')
+        export_onnx(plain, inputs, path, graph.opset_version, graph.part,
+                    graph.data_samples, log=lambda msg: None)
+        return node_histogram(path)
 
 
 @cli_main
@@ -65,12 +89,28 @@ def main() -> None:
     height, width = args.shape
     inputs = image_inputs(model, args.image, height, width) if args.image \
         else dummy_inputs((1, 3, height, width))
-    folded = export_onnx(model, inputs, args.out, args.opset)
-    difference = max_abs_difference(model, args.out, inputs)
+    graph = export_onnx(model, inputs, args.out, args.opset, args.part,
+                        example_data_samples(cfg, inputs),
+                        log=lambda msg: print(f'note: {msg}'))
+    # A second batch catches a graph that baked the traced input's
+    # data-dependent shapes into constants.
+    other = dummy_inputs(tuple(inputs.shape), seed=1) * inputs.std() \
+        + inputs.mean()
+    difference = max(max_abs_difference(graph, args.out, batch)
+                     for batch in (inputs, other))
     ops = ', '.join(f'{k}: {v}' for k, v in sorted(
         node_histogram(args.out).items()))
-    print(f'folded {folded} DO-Conv layers; wrote {args.out}')
-    print(f'ONNX nodes: {ops}')
+    with torch.no_grad():
+        outputs = len(graph(inputs))
+    plain_ops = plain_histogram(cfg, model, inputs, graph)
+    if plain_ops != node_histogram(args.out):
+        raise RuntimeError(
+            f'the ONNX graph differs from the plain model\'s: {ops} against '
+            + ', '.join(f'{k}: {v}' for k, v in sorted(plain_ops.items())))
+    print(f'folded {graph.folded} DO-Conv layers; exported the '
+          f"{'mode=tensor forward' if graph.part == 'tensor' else 'dense part'}"
+          f' ({outputs} outputs); wrote {args.out}')
+    print(f'ONNX nodes (the same as the plain model\'s): {ops}')
     print(f'max |PyTorch - onnxruntime|: {difference:.3g}')
 
 
