@@ -17,6 +17,16 @@ def config_path(*parts: str) -> str:
     return osp.join(ROOT, 'configs', *parts)
 
 
+def upstream_tool(package: str, tool: str) -> str:
+    """Path of an OpenMMLab library's own tool, shipped in its wheel
+    (``mmdet/.mim/tools/train.py``)."""
+    import importlib
+    module = importlib.import_module(package)
+    path = osp.join(osp.dirname(module.__file__), '.mim', 'tools', tool)
+    assert osp.isfile(path), path
+    return path
+
+
 def run_tool(*args: str, env_extra: Dict = None,
              timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python tools/...`` (or a shell script) from the repository root."""

@@ -259,6 +259,12 @@ def test_synthetic_data_never_touches_real_data(run_cli, tmp_path):
      ['x.txt', '.onnx']),
     ('analysis_tools/visualize_kernels.py', ['{config}', '{random}', '{tmp}/x.png'],
      ['random.pth']),
+    ('analysis_tools/doconv_census.py', ['mmdet::no_such_family/*.py'],
+     ['mmdet::no_such_family/*.py', 'matches no file']),
+    ('analysis_tools/doconv_census.py', ['mmfoo::resnet/*.py'],
+     ['mmfoo', 'mmdet, mmseg or mmpretrain']),
+    ('analysis_tools/doconv_census.py', ['{config}', '--out', '{config}'],
+     ['exists; pass --overwrite']),
 ])
 def test_command_line_bad_input_is_one_line(tool, args, phrases, run_cli,
                                             tmp_path):

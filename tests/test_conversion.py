@@ -131,3 +131,44 @@ def test_nothing_to_convert_is_reported():
                            '1 pointwise (1x1)')
     with pytest.raises(TypeError, match='cannot replace the model itself'):
         convert_to_doconv(nn.Conv2d(4, 4, 3))
+
+
+class _SharedConvHead(nn.Module):
+    """Two branches holding one conv, as RTMDet's heads share their convs
+    across pyramid levels."""
+
+    def __init__(self):
+        super().__init__()
+        shared = nn.Conv2d(4, 4, 3, padding=1)
+        self.level0 = nn.Sequential(shared, nn.ReLU())
+        self.level1 = nn.Sequential(shared, nn.ReLU())
+
+    def forward(self, x):
+        return self.level0(x) + self.level1(x * 2)
+
+
+def test_a_shared_conv_stays_shared_through_conversion_and_folding():
+    torch.manual_seed(0)
+    model = _SharedConvHead()
+    report = convert_to_doconv(model)
+    assert report.converted == ['level0.0']  # one module, listed once
+    assert model.level0[0] is model.level1[0]
+    assert isinstance(model.level1[0], DOConv2d)
+    with torch.no_grad():
+        model.level0[0].D.add_(0.1 * torch.randn_like(model.level0[0].D))
+    x = torch.randn(2, 4, 8, 8)
+    # Training updates the one D that both levels use.
+    model(x).sum().backward()
+    assert model.level1[0].D.grad.abs().max() > 0
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        assert fold_doconv(model) == 1
+        assert model.level0[0] is model.level1[0]
+        assert type(model.level1[0]) is nn.Conv2d
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    # The plain model takes the folded weights strictly and computes the same.
+    plain = _SharedConvHead().eval()
+    plain.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-5)

@@ -11,6 +11,7 @@ from mmengine.registry import MODELS, DefaultScope
 import mmdoconv  # noqa: F401
 from mmdoconv import DOConv2d, count_doconv
 from mmdoconv.deploy import plain_config
+from mmdoconv.utils.cli import build_model
 from mmdoconv.deploy.export import (TensorGraph, export_onnx, max_abs_difference,
                              node_histogram)
 
@@ -51,20 +52,27 @@ model = MODELS.build(cfg.model).eval()
 state = torch.load(checkpoint, map_location='cpu', weights_only=True)
 model.load_state_dict(state['state_dict'], strict=True)
 x = torch.load(inputs)
+def flat(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [t for item in value for t in flat(item)]
 with torch.no_grad():
     if hasattr(model, 'rpn_head'):
         feats = model.extract_feat(x)
-        outs = list(feats) + [t for level in model.rpn_head(feats) for t in level]
+        outs = list(feats) + flat(model.rpn_head(feats))
     else:
-        outs = [model._forward(x)]
+        outs = flat(model._forward(x))
 torch.save(outs, out)
 """
 
 
 def _build(config_path, scope):
+    """The model as the Runner builds it (converted where the config has the
+    switch)."""
     cfg = Config.fromfile(config_path)
+    assert cfg.default_scope == scope
     with DefaultScope.overwrite_default_scope(scope):
-        model = MODELS.build(cfg.model)
+        model = build_model(cfg)
     return cfg, model.eval()
 
 
@@ -85,8 +93,20 @@ def _python(*args, **kwargs):
                           capture_output=True, text=True, **kwargs)
 
 
+# The switch on a detector whose head builds nn.Conv2d directly.
+RETINA_SWITCH_CONFIG = """
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
+custom_imports = dict(imports=['mmdoconv'], allow_failed_imports=False)
+runner_type = 'DOConvRunner'
+model = dict(backbone=dict(init_cfg=None))
+"""
+
+
 @pytest.mark.parametrize('scope,config_text,expected_doconv', [
     ('mmdet', DET_CONFIG, 17 + 4),  # R50 stem + 16 3x3, 4 FPN 3x3
+    # + 1 extra FPN conv (P6; P7 convs P6), 4 + 4 stacked head convs and the
+    # hard-coded retina_cls / retina_reg
+    ('mmdet', RETINA_SWITCH_CONFIG, 17 + 5 + 10),
     ('mmseg', SEG_CONFIG, 19 + 4 + 1),  # deep stem + 16, ASPP 3 + bottleneck, FCN 1
 ])
 def test_fold_checkpoint_runs_on_stock_openmmlab(tmp_path, scope,

@@ -13,7 +13,7 @@ import mmdoconv  # noqa: F401
 from mmdoconv import DOConv2d, load_checkpoint_file
 from mmdoconv.utils.cli import build_model, build_runner
 from runs import (as_cli, config_path, detection_options, logged_metrics,
-                  run_tool)
+                  run_tool, upstream_tool)
 
 BASELINE = 'faster-rcnn_r50_fpn_1x_coco.py'
 VARIANTS = {
@@ -113,8 +113,12 @@ def test_doconv_task_trains_and_folded_evaluation_equals_unfolded(
         tmp_path, synthetic_data):
     options = detection_options(synthetic_data['coco'])
     work_dir = tmp_path / 'task'
-    run_tool('tools/train.py', config_path('faster_rcnn', VARIANTS['task']),
-             '--work-dir', str(work_dir), *as_cli(options))
+    # mmdet's own train.py: the switch (runner_type) reaches every conv.
+    train = run_tool(upstream_tool('mmdet', 'train.py'),
+                     config_path('faster_rcnn', VARIANTS['task']),
+                     '--work-dir', str(work_dir), *as_cli(options))
+    assert 'DOConvRunner: converted 22 convs to DO-Conv' in \
+        train.stdout + train.stderr
     checkpoint = work_dir / 'epoch_1.pth'
     deploy = work_dir / 'epoch_1_folded.pth'
     assert checkpoint.is_file() and deploy.is_file()

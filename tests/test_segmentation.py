@@ -11,7 +11,8 @@ from torch import nn
 import mmdoconv  # noqa: F401
 from mmdoconv import DOConv2d, fold_doconv
 from mmdoconv.utils.cli import build_model, build_runner
-from runs import as_cli, config_path, run_tool, segmentation_options
+from runs import (as_cli, config_path, run_tool, segmentation_options,
+                  upstream_tool)
 from test_detection import _flatten
 
 CONFIGS = {
@@ -133,19 +134,24 @@ def test_baseline_trains_and_evaluates(tmp_path, synthetic_data, dataset):
 
 def test_folded_checkpoint_tests_through_plain_config(tmp_path,
                                                       synthetic_data):
+    """mmseg's own tools: train.py with the switch config, test.py with the
+    plain config and the folded checkpoint."""
     dataset = 'cityscapes'
     options = segmentation_options(dataset, synthetic_data[dataset])
-    _runner(dataset, 'task', tmp_path / 'train', options).train()
+    config = config_path('deeplabv3', CONFIGS[dataset]['task'])
+    train = run_tool(upstream_tool('mmseg', 'train.py'), config,
+                     '--work-dir', str(tmp_path / 'train'), *as_cli(options))
+    assert 'DOConvRunner: converted 24 convs to DO-Conv' in \
+        train.stdout + train.stderr
     checkpoint = str(tmp_path / 'train' / 'iter_2.pth')
     unfolded = _runner(dataset, 'task', tmp_path / 'unfolded', options,
                        custom_hooks=[], load_from=checkpoint).test()
-    config = config_path('deeplabv3', CONFIGS[dataset]['task'])
     run_tool('tools/model_converters/fold_checkpoint.py', config, checkpoint,
              str(tmp_path / 'deploy'), *as_cli(options))
     plain_config = tmp_path / 'deploy' / (
         CONFIGS[dataset]['task'][:-3] + '_plain.py')
     assert 'DOConv' not in plain_config.read_text()
-    result = run_tool('tools/test.py', str(plain_config),
+    result = run_tool(upstream_tool('mmseg', 'test.py'), str(plain_config),
                       str(tmp_path / 'deploy' / 'iter_2_folded.pth'),
                       '--work-dir', str(tmp_path / 'plain'))
     log = result.stdout + result.stderr

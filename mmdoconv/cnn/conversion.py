@@ -181,11 +181,18 @@ def convert_to_doconv(model: nn.Module,
         except ValueError as error:
             raise ValueError(f'{name}: {error}') from None
         report.converted.append(name)
+    # A conv shared by several parents (RTMDet's heads share their convs
+    # across pyramid levels) is one module under several names:
+    # named_modules() lists it once, and every reference must get the same
+    # DOConv2d, or the sharing silently comes apart.
+    replacements = {}
     for name in report.converted:
-        parent_name, _, child_name = name.rpartition('.')
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child_name,
-                doconv_like(getattr(parent, child_name), D_mul, D_init))
+        conv = model.get_submodule(name)
+        replacements[id(conv)] = doconv_like(conv, D_mul, D_init)
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if id(child) in replacements:
+                setattr(parent, child_name, replacements[id(child)])
     if not report.converted:
         print_log(f'convert_to_doconv: nothing to convert ({report})',
                   'current', logging.WARNING)

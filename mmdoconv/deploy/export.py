@@ -187,13 +187,26 @@ _META_DEFAULTS = dict(
     flip_direction=None, reduce_zero_label=False, scale_factor=(1.0, 1.0))
 
 
+def pack_sample(pack, img, **fields) -> dict:
+    """Run a packing transform (``PackDetInputs``, ``PackSegInputs``,
+    ``PackInputs``, ...) on one HWC image and ``fields``, filling the meta
+    keys it asks for with an unscaled, unflipped image's values."""
+    height, width = img.shape[:2]
+    known = dict(_META_DEFAULTS, ori_shape=(height, width),
+                 img_shape=(height, width), pad_shape=(height, width))
+    results = dict(fields, img=img)
+    for key in getattr(pack, 'meta_keys', ()):
+        if key in known and key not in results:
+            results[key] = known[key]
+    return pack(results)
+
+
 def example_data_samples(cfg, inputs: Tensor) -> Optional[list]:
     """Data samples for ``inputs`` as the config's test pipeline packs them.
 
-    The pipeline's last transform (``PackDetInputs``, ``PackSegInputs``,
-    ``PackInputs``, ...) packs an image of the batch's size with the meta
-    keys it asks for, so the samples have the class and fields the model's
-    own test path gives it.  None when the config has no test pipeline.
+    The pipeline's last transform packs an image of the batch's size, so the
+    samples have the class and meta fields the model's own test path gives
+    it.  None when the config has no test pipeline.
     """
     from mmengine.registry import TRANSFORMS, DefaultScope
     pipeline = cfg.get('test_dataloader', {}).get('dataset', {}).get(
@@ -202,17 +215,11 @@ def example_data_samples(cfg, inputs: Tensor) -> Optional[list]:
         return None
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
         pack = TRANSFORMS.build(pipeline[-1])
-    height, width = inputs.shape[-2:]
-    shapes = dict(ori_shape=(height, width), img_shape=(height, width),
-                  pad_shape=(height, width))
     samples = []
     for image in inputs:
-        results = dict(img=image.permute(1, 2, 0).numpy())
-        for key in getattr(pack, 'meta_keys', ()):
-            if key in shapes or key in _META_DEFAULTS:
-                results[key] = shapes.get(key, _META_DEFAULTS.get(key))
-        sample = pack(results)['data_samples']
-        sample.set_metainfo(dict(batch_input_shape=(height, width)))
+        sample = pack_sample(pack, image.permute(1, 2, 0).numpy())[
+            'data_samples']
+        sample.set_metainfo(dict(batch_input_shape=tuple(inputs.shape[-2:])))
         samples.append(sample)
     return samples
 

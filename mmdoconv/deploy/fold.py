@@ -31,10 +31,13 @@ def swap_in_folded(model: nn.Module) -> List[Tuple[nn.Module, str, DOConv2d]]:
                         'model and cannot replace the model itself; call '
                         'DOConv2d.fold() or switch_to_deploy() on it instead')
     swapped = []
+    folded = {}  # a layer shared by several parents folds once, stays shared
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, DOConv2d):
-                setattr(parent, name, child.fold())
+                if id(child) not in folded:
+                    folded[id(child)] = child.fold()
+                setattr(parent, name, folded[id(child)])
                 swapped.append((parent, name, child))
     return swapped
 
@@ -49,13 +52,14 @@ def fold_doconv(model: nn.Module) -> int:
         model: The model to fold in place.
 
     Returns:
-        The number of layers replaced.
+        The number of layers replaced (a layer shared by several parents
+        counts once).
 
     Raises:
         TypeError: If ``model`` itself is a DOConv2d (a module cannot replace
             itself in its parent; use ``model.fold()``).
     """
-    return len(swap_in_folded(model))
+    return len({id(layer) for _, _, layer in swap_in_folded(model)})
 
 
 def count_doconv(model: nn.Module) -> int:

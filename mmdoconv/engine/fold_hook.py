@@ -103,7 +103,7 @@ class DOConvFoldHook(Hook):
 
     def _fold(self, runner) -> int:
         self._swapped = swap_in_folded(self._model(runner))
-        return len(self._swapped)
+        return len({id(layer) for _, _, layer in self._swapped})
 
     def _restore(self) -> None:
         for parent, name, original in self._swapped:

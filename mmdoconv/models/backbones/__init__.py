@@ -1,0 +1,7 @@
+"""Backbones of the paper's ImageNet tables that mmpretrain does not have,
+written the mmpretrain way and registered in its MODELS registry."""
+from .mobilenet_v1 import MobileNetV1
+from .plain_resnet import PlainResNet
+from .preact_resnet import PreActResNet
+
+__all__ = ['MobileNetV1', 'PlainResNet', 'PreActResNet']

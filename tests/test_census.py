@@ -1,0 +1,69 @@
+"""The census tool on a handful of upstream zoo configs (not the whole zoo:
+tools/analysis_tools/doconv_census.py @workshop/census_zoo.txt does that)."""
+import json
+import os.path as osp
+import subprocess
+import sys
+
+from workshop.census import census_of, markdown_table, short_name
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+#: config -> non-pointwise nn.Conv2d the switch converts (counted by hand
+#: from the architectures, not read back from the tool).
+EXPECTED = {
+    # R50 stem + 16 3x3; FPN 4 + 1 extra (P6 on input; P7 on P6); head
+    # 4 cls + 4 reg stacked 3x3 convs, retina_cls, retina_reg.
+    'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py': 17 + 5 + 10,
+    # R50 17, FPN 4, RPN conv 1, mask head 4 3x3 convs.
+    'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py': 17 + 4 + 1 + 4,
+    # ResNetV1c deep stem 3 + 16; PSP bottleneck 3x3; FCN aux 3x3.
+    'mmseg::pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py':
+    19 + 1 + 1,
+    # Stem 3x3 + 17 depthwise 3x3 (one per inverted residual block).
+    'mmpretrain::mobilenet_v2/mobilenet-v2_8xb32_in1k.py': 1 + 17,
+    # Stem 7x7 + 16 grouped 3x3.
+    'mmpretrain::resnext/resnext50-32x4d_8xb32_in1k.py': 1 + 16,
+}
+
+
+def test_census_of_five_upstream_configs(tmp_path):
+    out = tmp_path / 'census.json'
+    result = subprocess.run(
+        [sys.executable, 'tools/analysis_tools/doconv_census.py', *EXPECTED,
+         '--out', str(out), '--markdown', str(tmp_path / 'census.md')],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {short_name(row['config']): row
+            for row in json.loads(out.read_text())}
+    assert sorted(rows) == sorted(EXPECTED)
+    for name, row in rows.items():
+        assert row['ok'] and row['error'] == '', row
+        assert row['converted'] == EXPECTED[name], (name, row['converted'])
+        assert row['left_plain'] == {}
+        assert row['fold_max_diff'] == 0.0 and row['strict_load']
+        assert row['trainable_d'] > 0 and row['d_without_gradient'] == []
+    mask = next(row for row in rows.values() if row['model'] == 'MaskRCNN')
+    assert mask['other_convs'] == {
+        'roi_head.mask_head.upsample': 'ConvTranspose2d'}
+    # Progress with a total on stderr, the table and its summary on stdout.
+    assert '[census 5/5]' in result.stderr
+    assert '5 of 5 configs convert every non-pointwise conv' in result.stdout
+    assert (tmp_path / 'census.md').read_text().strip() in result.stdout
+
+
+def test_census_names_what_it_cannot_convert(tmp_path):
+    # Weight-standardised convs have their own forward: left plain, named,
+    # and the row fails.
+    config = tmp_path / 'resnet18_convws.py'
+    config.write_text(
+        "_base_ = ['mmpretrain::resnet/resnet18_8xb32_in1k.py']\n"
+        "model = dict(backbone=dict(conv_cfg=dict(type='ConvWS')))\n")
+    row = census_of(str(config))
+    assert not row.ok and row.error == ''
+    assert row.left_plain['backbone.conv1'] == 'own forward (ConvWS2d)'
+    assert len(row.left_plain) == 17  # stem + 16 3x3 (ResNet-18: 8 blocks x 2)
+    assert row.fold_max_diff == 0.0
+    assert row.problems == ['17 non-pointwise Conv2d left plain']
+    assert '17 non-pointwise Conv2d left plain' in markdown_table([row])
+    assert '0 of 1 configs' in markdown_table([row])

@@ -1,0 +1,436 @@
+"""The DO-Conv census: does the switch work on a model zoo's configs?
+
+For one config, with no pretrained weights (nothing is downloaded):
+
+1. build the model and convert it as ``runner_type='DOConvRunner'`` does;
+2. count the non-pointwise convs converted and those left plain, naming each
+   left-over module and why;
+3. run one training step on a small synthetic batch of the structure the
+   config's own packing transform produces (boxes and masks, a label map, or a
+   class label), with random non-zero D: the loss must be finite and every
+   trainable D must get a non-zero gradient wherever its W gets one (a layer
+   this one step's loss does not reach at all is recorded, not failed);
+4. fold, and compare the exported outputs (the ``mode='tensor'`` forward, or
+   the dense part where that cannot run without proposals) of the unfolded
+   and the folded model;
+5. load the folded state dict with ``strict=True`` into the model built from
+   the plain config and check it computes the same outputs.
+"""
+import copy
+import glob
+import math
+import os.path as osp
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.logging import MessageHub
+from mmengine.registry import MODELS, TRANSFORMS, DefaultScope
+from torch import nn
+
+from mmdoconv import DOConv2d, convert_to_doconv
+from mmdoconv.deploy.export import (TensorGraph, dense_heads, flatten_tensors,
+                                    pack_sample)
+from mmdoconv.deploy.fold import fold_doconv
+from mmdoconv.utils.cli import BadInputError, import_scope
+
+#: Input size of the synthetic batch per scope (height, width).
+BATCH_SHAPES = dict(mmdet=(256, 320), mmseg=(256, 256),
+                    mmpretrain=(224, 224))
+#: Images per synthetic batch (BatchNorm needs more than one).
+BATCH_SIZE = 2
+
+
+@dataclass
+class CensusRow:
+    """The census of one config."""
+    config: str
+    model: str = ''
+    converted: int = 0
+    left_plain: Dict[str, str] = field(default_factory=dict)
+    other_convs: Dict[str, str] = field(default_factory=dict)
+    loss: float = float('nan')
+    trainable_d: int = 0
+    d_without_gradient: List[str] = field(default_factory=list)
+    unreached: List[str] = field(default_factory=list)
+    compared: str = ''
+    fold_max_diff: float = float('nan')
+    plain_max_diff: float = float('nan')
+    strict_load: bool = False
+    seconds: float = 0.0
+    error: str = ''
+
+    @property
+    def problems(self) -> List[str]:
+        """The checks this config fails (empty: it passes)."""
+        if self.error:
+            return [self.error]
+        checks = [
+            (self.converted > 0, 'nothing converted'),
+            (not self.left_plain,
+             f'{len(self.left_plain)} non-pointwise Conv2d left plain'),
+            (math.isfinite(self.loss), f'loss {self.loss}'),
+            (not self.d_without_gradient,
+             f'{len(self.d_without_gradient)} D without gradient where W '
+             'has one'),
+            (self.fold_max_diff == 0.0,
+             f'fold changes outputs by {self.fold_max_diff:.3g}'),
+            (self.strict_load, 'folded weights do not load strictly'),
+            (self.plain_max_diff <= 1e-4,
+             f'plain model differs by {self.plain_max_diff:.3g}'),
+        ]
+        return [message for passed, message in checks if not passed]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def resolve_configs(patterns: Sequence[str]) -> List[str]:
+    """Config paths of OpenMMLab scope globs (``'mmdet::retinanet/*.py'``)
+    and local globs, sorted per pattern.
+
+    Raises:
+        BadInputError: For an unknown scope or a pattern matching nothing.
+    """
+    from mmengine.utils import get_installed_path
+    paths = []
+    for pattern in patterns:
+        if '::' in pattern:
+            scope, relative = pattern.split('::', 1)
+            package = dict(mmpretrain='mmpretrain', mmdet='mmdet',
+                           mmseg='mmsegmentation').get(scope)
+            if package is None:
+                raise BadInputError(
+                    f'scope of {pattern!r} must be mmdet, mmseg or '
+                    f'mmpretrain, but got {scope!r}')
+            root = osp.join(get_installed_path(package), '.mim', 'configs')
+            found = sorted(glob.glob(osp.join(root, relative)))
+        else:
+            found = sorted(glob.glob(pattern))
+        if not found:
+            raise BadInputError(f'config pattern {pattern!r} matches no file')
+        paths += found
+    return paths
+
+
+def _synthetic_results(scope: str, height: int, width: int,
+                       rng: np.random.Generator, with_mask: bool) -> dict:
+    """Ground truth of every kind a packing transform may pick up."""
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    # Objects at three scales, so that every level of a feature pyramid has
+    # positive anchors (the largest nearly fills the image).
+    boxes = np.array([[16, 24, 80, 72], [120, 40, 300, 180],
+                      [8, 8, width - 8, height - 8]], dtype=np.float32)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width - 1)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height - 1)
+    results = dict(img=image, gt_bboxes_labels=np.array([0, 1, 2]),
+                   gt_ignore_flags=np.zeros(3, dtype=bool), gt_label=1,
+                   # RandomCenterCropPad's record of the image in its canvas
+                   # (top, bottom, left, right), read by CenterNet.
+                   border=np.array([0, height, 0, width], dtype=np.float32))
+    seg = np.zeros((height, width), dtype=np.uint8)
+    for label, (x1, y1, x2, y2) in reversed(
+            list(enumerate(boxes.astype(int), start=1))):
+        seg[y1:y2, x1:x2] = label  # the largest first, the others on top
+    results['gt_seg_map'] = seg
+    if scope == 'mmdet':
+        from mmdet.structures.bbox import HorizontalBoxes
+        from mmdet.structures.mask import BitmapMasks
+        results['gt_bboxes'] = HorizontalBoxes(boxes)
+    if scope == 'mmdet' and with_mask:
+        masks = np.stack([seg == label for label in (1, 2, 3)]).astype(
+            np.uint8)
+        results['gt_masks'] = BitmapMasks(masks, height, width)
+    return results
+
+
+def _pipeline(cfg: Config, split: str) -> list:
+    dataloader = cfg.get(f'{split}_dataloader') or {}
+    dataset = dataloader.get('dataset', {})
+    while 'pipeline' not in dataset and 'dataset' in dataset:
+        dataset = dataset['dataset']  # a wrapper (RepeatDataset, ...)
+    return dataset.get('pipeline') or cfg.get(f'{split}_pipeline') or []
+
+
+def _loads_masks(pipeline: list) -> bool:
+    return any('LoadAnnotations' in str(t.get('type')) and t.get('with_mask')
+               for t in pipeline)
+
+
+def batch_shape(cfg: Config) -> tuple:
+    """Input (height, width): the fixed size a test pipeline resizes to
+    without keeping the ratio (SSD's 300x300, YOLOv3's 320x320), else the
+    scope's small default."""
+    for transform in _pipeline(cfg, 'test'):
+        if 'Resize' in str(transform.get('type')) and \
+                transform.get('keep_ratio') is False:
+            scale = transform.get('scale')
+            if isinstance(scale, (tuple, list)) and len(scale) == 2:
+                width, height = scale  # OpenMMLab scales are (w, h)
+                return int(height), int(width)
+    return BATCH_SHAPES[cfg.default_scope]
+
+
+def synthetic_batch(model: nn.Module, cfg: Config, scope: str,
+                    training: bool, seed: int = 0) -> dict:
+    """A preprocessed batch as the config's own packing transform and the
+    model's data preprocessor make it."""
+    # The train packer gives the loss its targets; the test packer gives
+    # predict the meta keys it reads (CenterNet's border).
+    first, second = ('train', 'test') if training else ('test', 'train')
+    pipeline = _pipeline(cfg, first) or _pipeline(cfg, second)
+    with DefaultScope.overwrite_default_scope(scope):
+        pack = TRANSFORMS.build(pipeline[-1])
+    height, width = batch_shape(cfg)
+    rng = np.random.default_rng(seed)
+    inputs, samples = [], []
+    for _ in range(BATCH_SIZE):
+        packed = pack_sample(pack, **_synthetic_results(
+            scope, height, width, rng, _loads_masks(pipeline)))
+        inputs.append(packed['inputs'])
+        samples.append(packed['data_samples'])
+    return model.data_preprocessor(
+        dict(inputs=inputs, data_samples=samples), training)
+
+
+def _small_inputs(cfg: Config) -> Config:
+    """The config with its data preprocessor padding to the census batch
+    size instead of the full crop (mmseg pads every batch to ``size``)."""
+    preprocessor = cfg.model.get('data_preprocessor')
+    if preprocessor and preprocessor.get('size'):
+        preprocessor['size'] = batch_shape(cfg)
+    return cfg
+
+
+def _left_plain(skipped: Dict[str, str]) -> Dict[str, str]:
+    """Non-pointwise ``nn.Conv2d`` left plain, with the reason."""
+    return {name: reason for name, reason in skipped.items()
+            if reason not in ('pointwise (1x1)', 'already DO-Conv')}
+
+
+def _other_convs(model: nn.Module) -> Dict[str, str]:
+    """Non-pointwise convs that are not ``nn.Conv2d`` (transposed, 1-D, 3-D,
+    deformable): outside DO-Conv's definition, named for the record."""
+    return {name: type(module).__name__
+            for name, module in model.named_modules()
+            if isinstance(module, nn.modules.conv._ConvNd)
+            and not isinstance(module, nn.Conv2d)
+            and math.prod(module.kernel_size) > 1}
+
+
+def _has_gradient(parameter: torch.Tensor) -> bool:
+    return parameter.grad is not None and bool(parameter.grad.abs().max() > 0)
+
+
+def _randomize_d(model: nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, DOConv2d):
+                module.D.add_(0.05 * torch.randn(module.D.shape,
+                                                 generator=generator))
+
+
+def _outputs(graph: TensorGraph, inputs: torch.Tensor) -> List[torch.Tensor]:
+    with torch.no_grad():
+        return list(graph(inputs))
+
+
+def _max_diff(first: Sequence[torch.Tensor],
+              second: Sequence[torch.Tensor]) -> float:
+    if len(first) != len(second):
+        return float('inf')
+    return max((float((a - b).abs().max()) for a, b in zip(first, second)
+                if a.numel()), default=0.0)
+
+
+def census_of(config_path: str, seed: int = 0, **switch) -> CensusRow:
+    """Run the census on one config; errors are caught into the row."""
+    row = CensusRow(config=config_path)
+    start = time.perf_counter()
+    try:
+        _census(row, config_path, seed, switch)
+    except Exception as error:  # noqa: BLE001 - reported in the table
+        message = str(error).strip().splitlines()
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        where = f'{osp.basename(frame.filename)}:{frame.lineno}'
+        row.error = (f'{type(error).__name__}: '
+                     f'{message[0] if message else ""} ({where})')
+    row.seconds = time.perf_counter() - start
+    return row
+
+
+def _census(row: CensusRow, config_path: str, seed: int,
+            switch: dict) -> None:
+    from mmengine.model import revert_sync_batchnorm
+    cfg = _small_inputs(Config.fromfile(config_path))
+    scope = import_scope(cfg)
+    torch.manual_seed(seed)
+    # What a Runner tells the model's schedules (TOOD, YOLOX read them).
+    hub = MessageHub.get_current_instance()
+    for key in ('epoch', 'iter'):
+        hub.update_info(key, 0)
+    hub.update_info('max_epochs', 1)
+    hub.update_info('max_iters', 1)
+    with DefaultScope.overwrite_default_scope(scope):
+        # Building edits the config dict (mmseg moves `pretrained`): a copy
+        # for each build.
+        model = revert_sync_batchnorm(MODELS.build(copy.deepcopy(cfg.model)))
+        plain = revert_sync_batchnorm(MODELS.build(copy.deepcopy(cfg.model)))
+    row.model = type(model).__name__
+    report = convert_to_doconv(model, **switch)
+    row.converted = len(report.converted)
+    row.left_plain = _left_plain(report.skipped)
+    row.other_convs = _other_convs(model)
+    _randomize_d(model, seed)
+
+    # 3. One training step.
+    model.train()
+    data = synthetic_batch(model, cfg, scope, training=True, seed=seed)
+    losses = model(**data, mode='loss')
+    loss, _ = model.parse_losses(losses)
+    row.loss = float(loss)
+    loss.backward()
+    trainable = [(name, module.D) for name, module in model.named_modules()
+                 if isinstance(module, DOConv2d) and module.D.requires_grad]
+    row.trainable_d = len(trainable)
+    for name, d in trainable:
+        weight = model.get_submodule(name).weight
+        if not _has_gradient(weight):
+            # The loss of this one step does not reach the layer at all (e.g.
+            # a pyramid level with no valid anchor in a small image): not a
+            # DO-Conv matter, recorded.
+            row.unreached.append(name)
+        elif not _has_gradient(d):
+            row.d_without_gradient.append(name)
+
+    # 4. Fold, compare: the exported outputs (tensor mode, or the dense part
+    # where that needs proposals) and the predictions, which run every head.
+    model.eval()
+    data = synthetic_batch(model, cfg, scope, training=False, seed=seed + 1)
+    compare, description = _comparison(model, data)
+    expected = compare(model)
+    row.compared = description()
+    if not expected:
+        raise RuntimeError('the model returns no tensors to compare')
+    fold_doconv(model)
+    row.fold_max_diff = _max_diff(expected, compare(model))
+
+    # 5. The plain model takes the folded weights strictly.
+    plain.load_state_dict(model.state_dict(), strict=True)
+    row.strict_load = True
+    row.plain_max_diff = _max_diff(expected, compare(plain.eval()))
+
+
+def _prediction_tensors(samples) -> List[torch.Tensor]:
+    tensors = []
+    for sample in samples:
+        for key in ('pred_instances', 'pred_sem_seg', 'seg_logits',
+                    'pred_score', 'pred_label'):
+            if key in sample:
+                value = sample.get(key)
+                value = value.to_dict() if hasattr(value, 'to_dict') else value
+                tensors += flatten_tensors(value)
+    return [t.float() for t in tensors]
+
+
+def _comparison(model: nn.Module, data: dict):
+    """A function of a model giving the tensors to compare, and its name."""
+    inputs, samples = data['inputs'], data['data_samples']
+    graph = TensorGraph(model, 'tensor')
+    try:
+        with torch.no_grad():
+            graph(inputs)
+        name = "mode='tensor'"
+    except Exception:  # noqa: BLE001 - e.g. two-stage detectors need proposals
+        graph = TensorGraph(model, 'dense')
+        graph.heads = dense_heads(model, inputs)
+        name = 'extract_feat' + ''.join(f' + {h}' for h in graph.heads)
+
+    predict_error = []
+
+    @torch.no_grad()
+    def compare(candidate: nn.Module) -> List[torch.Tensor]:
+        graph.model = candidate
+        outputs = list(graph(inputs))
+        if not predict_error:
+            try:
+                predictions = candidate(inputs, copy.deepcopy(samples),
+                                        mode='predict')
+                outputs += _prediction_tensors(predictions)
+            except Exception as error:  # noqa: BLE001 - upstream, recorded
+                frame = traceback.extract_tb(error.__traceback__)[-1]
+                predict_error.append(
+                    f'{type(error).__name__} at '
+                    f'{osp.basename(frame.filename)}:{frame.lineno}')
+        return outputs
+
+    def description() -> str:
+        if predict_error:
+            return f'{name} (predict fails upstream: {predict_error[0]})'
+        return f'{name}, predict'
+
+    return compare, description
+
+
+def _cell(value: float) -> str:
+    return f'{value:.2g}' if math.isfinite(value) else '-'
+
+
+def short_name(path: str) -> str:
+    """``scope::relative/path.py`` for a zoo config, the path otherwise."""
+    for scope, package in (('mmdet', 'mmdet'), ('mmseg', 'mmseg'),
+                           ('mmpretrain', 'mmpretrain')):
+        marker = osp.join(package, '.mim', 'configs') + osp.sep
+        if marker in path:
+            return f'{scope}::{path.split(marker, 1)[1]}'
+    return osp.relpath(path)
+
+
+def markdown_table(rows: Sequence[CensusRow]) -> str:
+    """The census as a markdown table with a summary line."""
+    lines = [
+        '| config | model | converted | non-pointwise left plain | loss | '
+        'D with gradient | compared | fold max diff | plain strict load '
+        '(max diff) | result |',
+        '|---|---|---|---|---|---|---|---|---|---|'
+    ]
+    for row in rows:
+        name = short_name(row.config)
+        left = '; '.join(f'{k}: {v}' for k, v in row.left_plain.items()) \
+            or '0'
+        if row.other_convs:
+            left += ' (not Conv2d: ' + '; '.join(
+                f'{k}: {v}' for k, v in row.other_convs.items()) + ')'
+        with_gradient = row.trainable_d - len(row.d_without_gradient) \
+            - len(row.unreached)
+        strict = (f'yes ({_cell(row.plain_max_diff)})' if row.strict_load
+                  else 'no')
+        result = 'ok' if row.ok else '; '.join(row.problems)
+        lines.append(
+            f'| {name} | {row.model} | {row.converted} | {left} | '
+            f'{_cell(row.loss)} | {with_gradient}/{row.trainable_d}'
+            + (f' ({len(row.unreached)} not reached by this step\'s loss)'
+               if row.unreached else '') + ' | '
+            f'{row.compared} | {_cell(row.fold_max_diff)} | {strict} | '
+            f'{result} |')
+    passed = sum(row.ok for row in rows)
+    lines.append('')
+    lines.append(f'{passed} of {len(rows)} configs convert every non-pointwise '
+                 'conv, train a step and fold exactly.')
+    return '\n'.join(lines)
+
+
+def as_json(rows: Sequence[CensusRow]) -> List[dict]:
+    """JSON-ready rows (``ok`` included)."""
+    return [dict(asdict(row), ok=row.ok, problems=row.problems)
+            for row in rows]
+
+
+__all__ = ['CensusRow', 'resolve_configs', 'census_of', 'markdown_table',
+           'as_json', 'short_name', 'synthetic_batch']
