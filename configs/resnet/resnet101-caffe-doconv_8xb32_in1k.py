@@ -1,0 +1,9 @@
+# ResNet-v1-101 (stride on the 1x1 conv) with DO-Conv (paper §4 protocol: every non-pointwise conv,
+# nothing else changed): the baseline beside it plus the switch.
+_base_ = ['./resnet101-caffe_8xb32_in1k.py']
+custom_imports = dict(imports=['mmdoconv'], allow_failed_imports=False)
+
+# The switch: every non-pointwise conv becomes DO-Conv when the Runner builds
+# the model; DOConvFoldHook validates folded and writes the deploy checkpoint.
+runner_type = 'DOConvRunner'
+custom_hooks = [dict(type='DOConvFoldHook')]
