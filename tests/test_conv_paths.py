@@ -117,3 +117,36 @@ def test_torch_export_keeps_working():
     exported = torch.export.export(model, (x, ))
     torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_mmengine_efficient_conv_bn_eval_option(tmp_path, synthetic_data):
+    """``efficient_conv_bn_eval = ['backbone']`` in a config with the switch:
+    the Runner trains and validates, every DO-Conv + BN pair of the backbone
+    is fused, and the fused eval forward gives the model's outputs."""
+    from mmengine.config import Config
+
+    from mmdoconv.utils.cli import build_runner
+    from runs import classification_options, config_path
+    cfg = Config.fromfile(config_path('resnet', 'resnet18-doconv_8xb32_in1k.py'))
+    cfg.merge_from_dict(classification_options(synthetic_data['imagenet']))
+    cfg.work_dir = str(tmp_path)
+    cfg.efficient_conv_bn_eval = ['backbone']
+    runner = build_runner(cfg)
+    reference = copy.deepcopy(runner.model)
+    runner.train()
+    model = runner.model.eval()
+    code = model.backbone.forward.__self__.code  # the traced GraphModule's
+    assert code.count('efficient_conv_bn_eval_control') == 17 + 3  # + 1x1s
+    reference.load_state_dict(model.state_dict())
+    reference.eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, DOConv2d):
+                layer.D.add_(0.1 * torch.randn(layer.D.shape,
+                                               generator=generator))
+        reference.load_state_dict(model.state_dict())
+        x = torch.randn(2, 3, 32, 32, generator=generator)
+        expected = reference.backbone(x)[-1]
+        torch.testing.assert_close(model.backbone(x)[-1], expected,
+                                   rtol=1e-4, atol=1e-4)

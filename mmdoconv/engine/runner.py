@@ -24,6 +24,7 @@ from mmengine.runner import Runner
 from torch import nn
 
 from ..cnn.conversion import ConversionReport, convert_to_doconv
+from .conv_bn_eval import turn_on_efficient_conv_bn_eval
 
 #: The options the switch takes (``doconv = dict(...)`` in a config).
 SWITCH_OPTIONS = ('include', 'exclude', 'D_mul', 'D_init')
@@ -64,3 +65,23 @@ class DOConvRunner(Runner):
                                                **doconv_options(self.cfg))
         self.logger.info(f'DOConvRunner: {self.doconv_report}')
         return model
+
+    def train(self) -> nn.Module:
+        # mmengine's efficient_conv_bn_eval option traces DO-Conv layers
+        # into function calls it cannot pair with their BN: take the option
+        # over and apply it where mmengine would (after the weights are
+        # initialised, before checkpoints are loaded).
+        self._conv_bn_eval_modules = self.cfg.pop('efficient_conv_bn_eval',
+                                                  None)
+        return super().train()
+
+    def load_or_resume(self) -> None:
+        modules = getattr(self, '_conv_bn_eval_modules', None)
+        if modules is not None:
+            self._conv_bn_eval_modules = None
+            self.logger.info('Enabling the "efficient_conv_bn_eval" feature '
+                             f'for sub-modules: {modules} (DO-Conv aware)')
+            model = self.model.module if hasattr(self.model, 'module') \
+                else self.model
+            turn_on_efficient_conv_bn_eval(model, modules)
+        super().load_or_resume()
