@@ -9,7 +9,9 @@ For one config, with no pretrained weights (nothing is downloaded):
    config's own packing transform produces (boxes and masks, a label map, or a
    class label), with random non-zero D: the loss must be finite and every
    trainable D must get a non-zero gradient wherever its W gets one (a layer
-   this one step's loss does not reach at all is recorded, not failed);
+   this one step's loss does not reach at all, or whose W is initialised to
+   zero so that D's first gradient is zero by the maths, is recorded, not
+   failed);
 4. fold, and compare the exported outputs (the ``mode='tensor'`` forward, or
    the dense part where that cannot run without proposals) of the unfolded
    and the folded model;
@@ -57,10 +59,12 @@ class CensusRow:
     trainable_d: int = 0
     d_without_gradient: List[str] = field(default_factory=list)
     unreached: List[str] = field(default_factory=list)
+    zero_weight: List[str] = field(default_factory=list)
     compared: str = ''
     fold_max_diff: float = float('nan')
     plain_max_diff: float = float('nan')
     strict_load: bool = False
+    input_shape: tuple = ()
     seconds: float = 0.0
     error: str = ''
 
@@ -162,10 +166,10 @@ def _loads_masks(pipeline: list) -> bool:
                for t in pipeline)
 
 
-def batch_shape(cfg: Config) -> tuple:
+def batch_shape(cfg: Config, scale: int = 1) -> tuple:
     """Input (height, width): the fixed size a test pipeline resizes to
     without keeping the ratio (SSD's 300x300, YOLOv3's 320x320), else the
-    scope's small default."""
+    scope's small default times ``scale``."""
     for transform in _pipeline(cfg, 'test'):
         if 'Resize' in str(transform.get('type')) and \
                 transform.get('keep_ratio') is False:
@@ -173,11 +177,12 @@ def batch_shape(cfg: Config) -> tuple:
             if isinstance(scale, (tuple, list)) and len(scale) == 2:
                 width, height = scale  # OpenMMLab scales are (w, h)
                 return int(height), int(width)
-    return BATCH_SHAPES[cfg.default_scope]
+    height, width = BATCH_SHAPES[cfg.default_scope]
+    return height * scale, width * scale
 
 
 def synthetic_batch(model: nn.Module, cfg: Config, scope: str,
-                    training: bool, seed: int = 0) -> dict:
+                    training: bool, seed: int = 0, scale: int = 1) -> dict:
     """A preprocessed batch as the config's own packing transform and the
     model's data preprocessor make it."""
     # The train packer gives the loss its targets; the test packer gives
@@ -186,7 +191,7 @@ def synthetic_batch(model: nn.Module, cfg: Config, scope: str,
     pipeline = _pipeline(cfg, first) or _pipeline(cfg, second)
     with DefaultScope.overwrite_default_scope(scope):
         pack = TRANSFORMS.build(pipeline[-1])
-    height, width = batch_shape(cfg)
+    height, width = batch_shape(cfg, scale)
     rng = np.random.default_rng(seed)
     inputs, samples = [], []
     for _ in range(BATCH_SIZE):
@@ -198,12 +203,12 @@ def synthetic_batch(model: nn.Module, cfg: Config, scope: str,
         dict(inputs=inputs, data_samples=samples), training)
 
 
-def _small_inputs(cfg: Config) -> Config:
+def _small_inputs(cfg: Config, scale: int = 1) -> Config:
     """The config with its data preprocessor padding to the census batch
     size instead of the full crop (mmseg pads every batch to ``size``)."""
     preprocessor = cfg.model.get('data_preprocessor')
     if preprocessor and preprocessor.get('size'):
-        preprocessor['size'] = batch_shape(cfg)
+        preprocessor['size'] = batch_shape(cfg, scale)
     return cfg
 
 
@@ -250,25 +255,41 @@ def _max_diff(first: Sequence[torch.Tensor],
 
 
 def census_of(config_path: str, seed: int = 0, **switch) -> CensusRow:
-    """Run the census on one config; errors are caught into the row."""
-    row = CensusRow(config=config_path)
+    """Run the census on one config; errors are caught into the row.
+
+    A model that fails on the small batch is tried once more at twice the
+    size (DDOD's deformable convs need P7 at least 3x3); the row keeps the
+    size it ran at, or the first error if both fail.
+    """
     start = time.perf_counter()
+    first = _attempt(config_path, seed, switch, scale=1)
+    row = first
+    if first.error:
+        second = _attempt(config_path, seed, switch, scale=2)
+        row = first if second.error else second
+    row.seconds = time.perf_counter() - start
+    return row
+
+
+def _attempt(config_path: str, seed: int, switch: dict,
+             scale: int) -> CensusRow:
+    row = CensusRow(config=config_path)
     try:
-        _census(row, config_path, seed, switch)
+        _census(row, config_path, seed, switch, scale)
     except Exception as error:  # noqa: BLE001 - reported in the table
         message = str(error).strip().splitlines()
         frame = traceback.extract_tb(error.__traceback__)[-1]
         where = f'{osp.basename(frame.filename)}:{frame.lineno}'
         row.error = (f'{type(error).__name__}: '
                      f'{message[0] if message else ""} ({where})')
-    row.seconds = time.perf_counter() - start
     return row
 
 
-def _census(row: CensusRow, config_path: str, seed: int,
-            switch: dict) -> None:
+def _census(row: CensusRow, config_path: str, seed: int, switch: dict,
+            scale: int) -> None:
     from mmengine.model import revert_sync_batchnorm
-    cfg = _small_inputs(Config.fromfile(config_path))
+    cfg = _small_inputs(Config.fromfile(config_path), scale)
+    row.input_shape = batch_shape(cfg, scale)
     scope = import_scope(cfg)
     torch.manual_seed(seed)
     # What a Runner tells the model's schedules (TOOD, YOLOX read them).
@@ -291,7 +312,8 @@ def _census(row: CensusRow, config_path: str, seed: int,
 
     # 3. One training step.
     model.train()
-    data = synthetic_batch(model, cfg, scope, training=True, seed=seed)
+    data = synthetic_batch(model, cfg, scope, training=True, seed=seed,
+                           scale=scale)
     losses = model(**data, mode='loss')
     loss, _ = model.parse_losses(losses)
     row.loss = float(loss)
@@ -306,13 +328,19 @@ def _census(row: CensusRow, config_path: str, seed: int,
             # a pyramid level with no valid anchor in a small image): not a
             # DO-Conv matter, recorded.
             row.unreached.append(name)
+        elif not bool(weight.detach().abs().max() > 0):
+            # A zero-initialised W (mmcv's deformable convs zero their offset
+            # conv): dL/dD contracts dL/dW' with W, so D's first gradient is
+            # exactly 0 by the maths; it moves once W has.
+            row.zero_weight.append(name)
         elif not _has_gradient(d):
             row.d_without_gradient.append(name)
 
     # 4. Fold, compare: the exported outputs (tensor mode, or the dense part
     # where that needs proposals) and the predictions, which run every head.
     model.eval()
-    data = synthetic_batch(model, cfg, scope, training=False, seed=seed + 1)
+    data = synthetic_batch(model, cfg, scope, training=False, seed=seed + 1,
+                           scale=scale)
     compare, description = _comparison(model, data)
     expected = compare(model)
     row.compared = description()
@@ -395,10 +423,10 @@ def short_name(path: str) -> str:
 def markdown_table(rows: Sequence[CensusRow]) -> str:
     """The census as a markdown table with a summary line."""
     lines = [
-        '| config | model | converted | non-pointwise left plain | loss | '
+        '| config | model | input | converted | non-pointwise left plain | loss | '
         'D with gradient | compared | fold max diff | plain strict load '
         '(max diff) | result |',
-        '|---|---|---|---|---|---|---|---|---|---|'
+        '|---|---|---|---|---|---|---|---|---|---|---|'
     ]
     for row in rows:
         name = short_name(row.config)
@@ -408,15 +436,18 @@ def markdown_table(rows: Sequence[CensusRow]) -> str:
             left += ' (not Conv2d: ' + '; '.join(
                 f'{k}: {v}' for k, v in row.other_convs.items()) + ')'
         with_gradient = row.trainable_d - len(row.d_without_gradient) \
-            - len(row.unreached)
+            - len(row.unreached) - len(row.zero_weight)
         strict = (f'yes ({_cell(row.plain_max_diff)})' if row.strict_load
                   else 'no')
         result = 'ok' if row.ok else '; '.join(row.problems)
+        size = 'x'.join(map(str, row.input_shape)) or '-'
         lines.append(
-            f'| {name} | {row.model} | {row.converted} | {left} | '
+            f'| {name} | {row.model} | {size} | {row.converted} | {left} | '
             f'{_cell(row.loss)} | {with_gradient}/{row.trainable_d}'
             + (f' ({len(row.unreached)} not reached by this step\'s loss)'
-               if row.unreached else '') + ' | '
+               if row.unreached else '')
+            + (f' ({len(row.zero_weight)} with zero-initialised W)'
+               if row.zero_weight else '') + ' | '
             f'{row.compared} | {_cell(row.fold_max_diff)} | {strict} | '
             f'{result} |')
     passed = sum(row.ok for row in rows)
