@@ -145,6 +145,15 @@ def test_doconv_task_trains_and_folded_evaluation_equals_unfolded(
     metrics = logged_metrics(unfolded_log, 'coco')
     assert 'coco/bbox_mAP' in metrics
     assert logged_metrics(folded_log, 'coco') == metrics
+    # mmdet's own test.py with the switch config: the config's fold hook
+    # (fold_test=True) evaluates the folded model, with the same metrics.
+    upstream = run_tool(upstream_tool('mmdet', 'test.py'), config,
+                        str(checkpoint), '--work-dir',
+                        str(tmp_path / 'upstream'), *as_cli(options))
+    upstream_log = upstream.stdout + upstream.stderr
+    assert 'DOConvRunner: converted 22 convs' in upstream_log
+    assert 'folded 22 DO-Conv layers' in upstream_log
+    assert logged_metrics(upstream_log, 'coco') == metrics
     # The folded kernel is the one the unfolded eval forward composes, so the
     # detections are identical, not just close.
     with open(tmp_path / 'unfolded.pkl', 'rb') as f:
