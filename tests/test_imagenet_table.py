@@ -215,3 +215,29 @@ def test_v1_and_v1b_put_the_stride_where_the_paper_says():
     assert first(v1).conv1.stride == (2, 2) and first(v1).conv2.stride == (1, 1)
     assert first(v1b).conv1.stride == (1, 1) and first(v1b).conv2.stride == \
         (2, 2)
+
+
+@pytest.mark.parametrize('backbone,stages,channels', [
+    (dict(type='PreActResNet', depth=50), 4, (256, 512, 1024, 2048)),
+    (dict(type='PlainResNet', depth=18), 4, (64, 128, 256, 512)),
+    (dict(type='MobileNetV1'), 13, (64, 128, 128, 256, 256, 512, 512, 512,
+                                    512, 512, 512, 1024, 1024)),
+])
+def test_new_backbones_take_mmpretrain_options(backbone, stages, channels):
+    from mmpretrain.registry import MODELS
+    model = MODELS.build(dict(backbone, out_indices=tuple(range(stages)),
+                              frozen_stages=1, norm_eval=True))
+    model.init_weights()
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert tuple(o.shape[1] for o in outs) == channels
+    model.train()
+    frozen = list(model.stem_modules()) + list(model.stage_modules())[:1]
+    assert all(not p.requires_grad for m in frozen for p in m.parameters())
+    later = list(model.stage_modules())[1]
+    assert all(p.requires_grad for p in later.parameters())
+    assert not any(m.training for m in model.modules()
+                   if isinstance(m, torch.nn.BatchNorm2d))  # norm_eval
+    with pytest.raises(ValueError, match='out_indices'):
+        MODELS.build(dict(backbone, out_indices=(stages, )))
+    with pytest.raises(ValueError, match='frozen_stages'):
+        MODELS.build(dict(backbone, frozen_stages=stages + 1))

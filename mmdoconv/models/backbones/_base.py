@@ -1,23 +1,45 @@
 """What the three paper backbones share: freezing and ``norm_eval``, the way
 mmpretrain's ResNet and MobileNetV2 do it."""
-from typing import Iterable
+from typing import Iterable, Tuple
 
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+#: mmpretrain's default initialisation of its CNN backbones.
+DEFAULT_INIT_CFG = [
+    dict(type='Kaiming', layer=['Conv2d']),
+    dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])
+]
 
 
 class FreezableBackbone(BaseBackbone):
     """A backbone whose stem and first ``frozen_stages`` stages can be frozen
     and whose BatchNorm layers can stay in eval mode (``norm_eval``).
 
-    Subclasses set ``self.frozen_stages`` and ``self.norm_eval`` and return
-    the stem's modules and the stages from :meth:`stem_modules` and
-    :meth:`stage_modules`.
+    Subclasses set ``self.frozen_stages``, ``self.norm_eval`` and
+    ``self.out_indices``, return the stem's modules and the stages from
+    :meth:`stem_modules` and :meth:`stage_modules`, and run the stages with
+    :meth:`forward_stages`.
     """
 
     frozen_stages: int
     norm_eval: bool
+    out_indices: tuple
+
+    def forward_stages(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """Run the stages on the stem's output; the ``out_indices`` ones."""
+        outs = []
+        for index, stage in enumerate(self.stage_modules()):
+            x = self.after_stage(index, stage(x))
+            if index in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def after_stage(self, index: int, x: Tensor) -> Tensor:
+        """What follows stage ``index`` (nothing by default)."""
+        return x
 
     def stem_modules(self) -> Iterable[nn.Module]:
         raise NotImplementedError

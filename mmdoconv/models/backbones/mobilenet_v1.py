@@ -7,7 +7,8 @@ from mmcv.cnn import ConvModule
 from mmpretrain.registry import MODELS
 from torch import Tensor, nn
 
-from ._base import FreezableBackbone, check_frozen_stages, check_out_indices
+from ._base import (DEFAULT_INIT_CFG, FreezableBackbone,
+                    check_frozen_stages, check_out_indices)
 
 
 def _make_divisible(value: float, divisor: int = 8) -> int:
@@ -47,11 +48,7 @@ class MobileNetV1(FreezableBackbone):
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='ReLU'),
                  norm_eval: bool = False,
-                 init_cfg=[
-                     dict(type='Kaiming', layer=['Conv2d']),
-                     dict(type='Constant', val=1,
-                          layer=['_BatchNorm', 'GroupNorm'])
-                 ]) -> None:
+                 init_cfg=DEFAULT_INIT_CFG) -> None:
         super().__init__(init_cfg)
         if not widen_factor > 0:
             raise ValueError(
@@ -83,10 +80,4 @@ class MobileNetV1(FreezableBackbone):
         return list(self.layers)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        x = self.conv1(x)
-        outs = []
-        for index, layer in enumerate(self.layers):
-            x = layer(x)
-            if index in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return self.forward_stages(self.conv1(x))

@@ -6,7 +6,8 @@ from mmcv.cnn import ConvModule
 from mmpretrain.registry import MODELS
 from torch import Tensor, nn
 
-from ._base import FreezableBackbone, check_frozen_stages, check_out_indices
+from ._base import (DEFAULT_INIT_CFG, FreezableBackbone,
+                    check_frozen_stages, check_out_indices)
 
 
 @MODELS.register_module()
@@ -42,11 +43,7 @@ class PlainResNet(FreezableBackbone):
                  conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN', requires_grad=True),
                  norm_eval: bool = False,
-                 init_cfg=[
-                     dict(type='Kaiming', layer=['Conv2d']),
-                     dict(type='Constant', val=1,
-                          layer=['_BatchNorm', 'GroupNorm'])
-                 ]) -> None:
+                 init_cfg=DEFAULT_INIT_CFG) -> None:
         super().__init__(init_cfg)
         if depth not in self.arch_settings:
             raise KeyError(f'invalid depth {depth} for PlainResNet; expected '
@@ -82,10 +79,4 @@ class PlainResNet(FreezableBackbone):
         return [getattr(self, f'layer{i}') for i in range(1, 5)]
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        x = self.maxpool(self.stem(x))
-        outs = []
-        for index, layer in enumerate(self.stage_modules()):
-            x = layer(x)
-            if index in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return self.forward_stages(self.maxpool(self.stem(x)))

@@ -15,7 +15,8 @@ from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
 from torch import Tensor, nn
 
-from ._base import FreezableBackbone, check_frozen_stages, check_out_indices
+from ._base import (DEFAULT_INIT_CFG, FreezableBackbone,
+                    check_frozen_stages, check_out_indices)
 
 
 class PreActBasicBlock(BaseModule):
@@ -128,11 +129,7 @@ class PreActResNet(FreezableBackbone):
                  conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN', requires_grad=True),
                  norm_eval: bool = False,
-                 init_cfg=[
-                     dict(type='Kaiming', layer=['Conv2d']),
-                     dict(type='Constant', val=1,
-                          layer=['_BatchNorm', 'GroupNorm'])
-                 ]) -> None:
+                 init_cfg=DEFAULT_INIT_CFG) -> None:
         super().__init__(init_cfg)
         if depth not in self.arch_settings:
             raise KeyError(f'invalid depth {depth} for PreActResNet; '
@@ -168,13 +165,11 @@ class PreActResNet(FreezableBackbone):
     def stage_modules(self):
         return [getattr(self, f'layer{i}') for i in range(1, 5)]
 
+    def after_stage(self, index: int, x: Tensor) -> Tensor:
+        # Pre-activation units leave their sum un-normalised: the last
+        # stage's output gets the final BN-ReLU.
+        return self.relu(self.norm_out(x)) if index == 3 else x
+
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        x = self.maxpool(self.relu(self.norm1(self.conv1(x))))
-        outs = []
-        for index, layer in enumerate(self.stage_modules()):
-            x = layer(x)
-            if index == 3:
-                x = self.relu(self.norm_out(x))
-            if index in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return self.forward_stages(
+            self.maxpool(self.relu(self.norm1(self.conv1(x)))))
