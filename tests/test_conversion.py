@@ -172,3 +172,21 @@ def test_a_shared_conv_stays_shared_through_conversion_and_folding():
     plain.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mmcv_conv2d_wrapper_is_converted_exactly():
+    """mmcv's Conv2d wrapper (MaskIoUHead, pixel decoders) overrides forward
+    only for empty inputs on torch < 1.4: it converts, with the same output."""
+    from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
+    from mmcv.cnn.bricks.conv_ws import ConvWS2d
+    torch.manual_seed(0)
+    model = nn.Sequential(MMCVConv2d(3, 4, 3, padding=1), nn.ReLU(),
+                          ConvWS2d(4, 4, 3, padding=1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    report = convert_to_doconv(model)
+    assert report.converted == ['0']
+    assert report.skipped == {'2': 'own forward (ConvWS2d)'}
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)

@@ -42,9 +42,23 @@ class ConversionReport:
                 f'left plain: {left}')
 
 
+def _same_computation_subclasses() -> tuple:
+    """``nn.Conv2d`` subclasses whose own ``forward`` computes what
+    ``nn.Conv2d`` computes on the torch versions mmdoconv supports."""
+    try:
+        # mmcv's wrapper (MaskIoUHead, pixel decoders) only special-cases
+        # empty inputs on torch < 1.4, then calls nn.Conv2d.forward.
+        from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
+    except ImportError:
+        return ()
+    return (MMCVConv2d, )
+
+
 def _has_own_forward(conv: nn.Conv2d) -> bool:
     """A subclass that changes how the conv computes (DCN, ConvWS, SAC...)."""
     cls = type(conv)
+    if cls in _same_computation_subclasses():
+        return False
     return any(getattr(cls, name) is not getattr(nn.Conv2d, name)
                for name in ('forward', '_conv_forward'))
 
@@ -115,8 +129,9 @@ def convert_to_doconv(model: nn.Module,
                       D_init: str = 'identity') -> ConversionReport:
     """Replace every non-pointwise ``nn.Conv2d`` in ``model`` by DO-Conv.
 
-    Converted: ``nn.Conv2d`` itself and subclasses that only change how the
-    layer is built (they inherit ``forward`` and ``_conv_forward``).  Left
+    Converted: ``nn.Conv2d`` itself, subclasses that only change how the
+    layer is built (they inherit ``forward`` and ``_conv_forward``), and
+    mmcv's ``Conv2d`` wrapper (its forward differs only on torch < 1.4).  Left
     alone and reported: 1x1 kernels (no spatial patch to over-parameterize,
     paper §4), convs with their own forward (DCN, ConvWS, SAC, ...), layers
     that are DO-Conv already (so converting twice is a no-op), and convs
