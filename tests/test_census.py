@@ -64,6 +64,7 @@ def test_census_names_what_it_cannot_convert(tmp_path):
     assert row.left_plain['backbone.conv1'] == 'own forward (ConvWS2d)'
     assert len(row.left_plain) == 17  # stem + 16 3x3 (ResNet-18: 8 blocks x 2)
     assert row.fold_max_diff == 0.0
-    assert row.problems == ['17 non-pointwise Conv2d left plain']
+    assert row.problems == ['nothing converted',
+                            '17 non-pointwise Conv2d left plain']
     assert '17 non-pointwise Conv2d left plain' in markdown_table([row])
     assert '0 of 1 configs' in markdown_table([row])
