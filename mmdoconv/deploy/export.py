@@ -25,6 +25,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from mmengine.logging import print_log
+from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 from .fold import fold_doconv
@@ -53,6 +54,8 @@ class TensorGraph(nn.Module):
         part (str): ``'tensor'`` for the ``mode='tensor'`` forward, ``'dense'``
             for ``extract_feat`` plus the children that take its features
             (see :func:`dense_heads`).
+        data_samples (list, optional): Data samples passed to a tensor-mode
+            forward that reads image meta.
     """
 
     def __init__(self, model: nn.Module, part: str = 'tensor',
@@ -79,12 +82,9 @@ class TensorGraph(nn.Module):
 
 def _tensor_forward(model: nn.Module, inputs: Tensor,
                     data_samples: Optional[list]):
-    try:
-        return model(inputs, data_samples, mode='tensor')
-    except TypeError as error:
-        if 'mode' not in str(error):
-            raise
-        return model(inputs)  # a plain nn.Module
+    if isinstance(model, BaseModel):  # OpenMMLab's forward(inputs, samples,
+        return model(inputs, data_samples, mode='tensor')  # mode)
+    return model(inputs)  # any other module
 
 
 @torch.no_grad()
@@ -112,7 +112,7 @@ def dense_heads(model: nn.Module, inputs: Tensor) -> List[str]:
     return names
 
 
-def _traceable(graph: TensorGraph, inputs: Tensor, path: str,
+def _export(graph: TensorGraph, inputs: Tensor, path: str,
                opset_version: int) -> None:
     with torch.no_grad():
         if not graph(inputs):
@@ -160,7 +160,7 @@ def export_onnx(model: nn.Module,
     if part in (None, 'tensor'):
         graph = TensorGraph(model, 'tensor', data_samples)
         try:
-            _traceable(graph, inputs, path, opset_version)
+            _export(graph, inputs, path, opset_version)
         except Exception as error:  # noqa: BLE001 - reported, then fallback
             if part == 'tensor':
                 raise
@@ -174,7 +174,7 @@ def export_onnx(model: nn.Module,
         if reason:
             log(f'{reason}; exported its dense part instead: extract_feat'
                 + ''.join(f' + {name}' for name in graph.heads))
-        _traceable(graph, inputs, path, opset_version)
+        _export(graph, inputs, path, opset_version)
     graph.folded = folded
     graph.opset_version = opset_version
     graph.fallback_reason = reason
