@@ -142,6 +142,11 @@ def _synthetic_results(scope: str, height: int, width: int,
             list(enumerate(boxes.astype(int), start=1))):
         seg[y1:y2, x1:x2] = label  # the largest first, the others on top
     results['gt_seg_map'] = seg
+    # Class boundaries, as mmseg's GenerateEdge writes them for PIDNet.
+    edge = np.zeros_like(seg)
+    edge[:, 1:] |= seg[:, 1:] != seg[:, :-1]
+    edge[1:, :] |= seg[1:, :] != seg[:-1, :]
+    results['gt_edge_map'] = edge
     if scope == 'mmdet':
         from mmdet.structures.bbox import HorizontalBoxes
         from mmdet.structures.mask import BitmapMasks
