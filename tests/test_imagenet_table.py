@@ -241,3 +241,16 @@ def test_new_backbones_take_mmpretrain_options(backbone, stages, channels):
         MODELS.build(dict(backbone, out_indices=(stages, )))
     with pytest.raises(ValueError, match='frozen_stages'):
         MODELS.build(dict(backbone, frozen_stages=stages + 1))
+
+
+def test_tools_build_the_model_as_the_runner_does():
+    """mmpretrain configs keep mean, std and num_classes in a top-level
+    data_preprocessor, which the Runner gives the model; so do our tools
+    (export normalises images with it, the census one-hot encodes with it)."""
+    cfg = Config.fromfile(_names('resnet', 'resnet18')[0])
+    assert 'data_preprocessor' not in cfg.model
+    model = build_model(cfg)
+    expected = torch.tensor(cfg.data_preprocessor['mean']).view(-1, 1, 1)
+    torch.testing.assert_close(model.data_preprocessor.mean, expected)
+    assert model.data_preprocessor.num_classes == 1000
+    assert 'data_preprocessor' not in cfg.model  # the config is untouched

@@ -38,7 +38,8 @@ from mmdoconv import DOConv2d, convert_to_doconv
 from mmdoconv.deploy.export import (TensorGraph, dense_heads, flatten_tensors,
                                     pack_sample)
 from mmdoconv.deploy.fold import fold_doconv
-from mmdoconv.utils.cli import BadInputError, import_scope
+from mmdoconv.utils.cli import (BadInputError, import_scope,
+                                runner_model_config)
 
 #: Input size of the synthetic batch per scope (height, width).
 BATCH_SHAPES = dict(mmdet=(256, 320), mmseg=(256, 256),
@@ -304,10 +305,10 @@ def _census(row: CensusRow, config_path: str, seed: int, switch: dict,
     hub.update_info('max_epochs', 1)
     hub.update_info('max_iters', 1)
     with DefaultScope.overwrite_default_scope(scope):
-        # Building edits the config dict (mmseg moves `pretrained`): a copy
-        # for each build.
-        model = revert_sync_batchnorm(MODELS.build(copy.deepcopy(cfg.model)))
-        plain = revert_sync_batchnorm(MODELS.build(copy.deepcopy(cfg.model)))
+        # Building edits the config dict (mmseg moves `pretrained`): a fresh
+        # copy for each build, completed as the Runner completes it.
+        model = revert_sync_batchnorm(MODELS.build(runner_model_config(cfg)))
+        plain = revert_sync_batchnorm(MODELS.build(runner_model_config(cfg)))
     row.model = type(model).__name__
     report = convert_to_doconv(model, **switch)
     row.converted = len(report.converted)

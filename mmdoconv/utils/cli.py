@@ -5,6 +5,7 @@ The tools work for mmdet, mmseg and mmpretrain configs alike: the scope comes
 from the config's ``default_scope`` and mmengine's registries import that
 library's modules when the Runner first builds something.
 """
+import copy
 import functools
 import glob
 import importlib
@@ -234,9 +235,20 @@ def build_model(cfg: Config) -> nn.Module:
 
     from ..engine.runner import apply_doconv_switch
     import_scope(cfg)
-    model = MODELS.build(cfg.model)
+    model = MODELS.build(runner_model_config(cfg))
     apply_doconv_switch(model, cfg)
     return model
+
+
+def runner_model_config(cfg: Config) -> dict:
+    """``cfg.model`` as mmengine's Runner builds it: a copy, with the
+    config's top-level ``data_preprocessor`` (mmpretrain's configs keep
+    mean, std and ``num_classes`` there) as its default."""
+    model_cfg = copy.deepcopy(cfg.model)
+    if isinstance(model_cfg, dict) and cfg.get('data_preprocessor'):
+        model_cfg.setdefault('data_preprocessor',
+                             copy.deepcopy(cfg.data_preprocessor))
+    return model_cfg
 
 
 def build_runner(cfg: Config):
