@@ -13,8 +13,9 @@ For one config, with no pretrained weights (nothing is downloaded):
    zero so that D's first gradient is zero by the maths, is recorded, not
    failed);
 4. fold, and compare the exported outputs (the ``mode='tensor'`` forward, or
-   the dense part where that cannot run without proposals) of the unfolded
-   and the folded model;
+   the dense part where that cannot run without proposals) and the
+   ``mode='predict'`` results (which run every head) of the unfolded and the
+   folded model: they must be equal;
 5. load the folded state dict with ``strict=True`` into the model built from
    the plain config and check it computes the same outputs.
 """
