@@ -117,6 +117,15 @@ def test_new_backbone_trains_on_the_synthetic_set(tmp_path, synthetic_data,
     d = [v for k, v in state.items() if k.endswith('.D')]
     assert len(d) == total
     assert osp.isfile(tmp_path / 'epoch_1_folded.pth')
+    if tool == 'mmpretrain':  # and its own test.py evaluates it folded
+        tested = run_tool(upstream_tool('mmpretrain', 'test.py'), doconv_path,
+                          str(tmp_path / 'epoch_1.pth'), '--work-dir',
+                          str(tmp_path / 'test'), *as_cli(
+                              classification_options(
+                                  synthetic_data['imagenet'])))
+        log = tested.stdout + tested.stderr
+        assert f'folded {total} DO-Conv layers' in log
+        assert 'accuracy/top1' in log
 
 
 def test_paper_ablations_through_the_switch():
