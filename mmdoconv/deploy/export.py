@@ -115,13 +115,14 @@ def dense_heads(model: nn.Module, inputs: Tensor) -> List[str]:
 def _export(graph: TensorGraph, inputs: Tensor, path: str,
                opset_version: int) -> None:
     with torch.no_grad():
-        if not graph(inputs):
-            raise RuntimeError('the forward returns no tensors')
+        graph.num_outputs = len(graph(inputs))
+    if not graph.num_outputs:
+        raise RuntimeError('the forward returns no tensors')
     torch.onnx.export(
         graph, (inputs, ),
         path,
         input_names=['inputs'],
-        output_names=[f'output_{i}' for i in range(len(graph(inputs)))],
+        output_names=[f'output_{i}' for i in range(graph.num_outputs)],
         opset_version=opset_version,
         dynamo=False)
 
@@ -150,7 +151,7 @@ def export_onnx(model: nn.Module,
 
     Returns:
         TensorGraph: The exported graph module, with ``folded`` (the number of
-        DO-Conv layers folded) and ``fallback_reason`` set.
+        DO-Conv layers folded), ``num_outputs`` and ``fallback_reason`` set.
     """
     log = log or (lambda msg: print_log(msg, 'current', logging.WARNING))
     folded = fold_doconv(model)

@@ -18,8 +18,7 @@ class FreezableBackbone(BaseBackbone):
     """A backbone whose stem and first ``frozen_stages`` stages can be frozen
     and whose BatchNorm layers can stay in eval mode (``norm_eval``).
 
-    Subclasses set ``self.frozen_stages``, ``self.norm_eval`` and
-    ``self.out_indices``, return the stem's modules and the stages from
+    Subclasses call :meth:`set_stage_options`, return the stem's modules and the stages from
     :meth:`stem_modules` and :meth:`stage_modules`, and run the stages with
     :meth:`forward_stages`.
     """
@@ -27,6 +26,22 @@ class FreezableBackbone(BaseBackbone):
     frozen_stages: int
     norm_eval: bool
     out_indices: tuple
+
+    def set_stage_options(self, num_stages: int, out_indices,
+                          frozen_stages: int, norm_eval: bool) -> None:
+        """Check and keep the options every stage-wise backbone takes.
+
+        Raises:
+            ValueError: For an ``out_indices`` entry outside
+                ``[-num_stages, num_stages)`` or ``frozen_stages`` outside
+                ``[-1, num_stages]``.
+        """
+        self.out_indices = _check_out_indices(out_indices, num_stages)
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages must be in [-1, {num_stages}], '
+                             f'but got {frozen_stages}')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
 
     def forward_stages(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Run the stages on the stem's output; the ``out_indices`` ones."""
@@ -67,12 +82,7 @@ class FreezableBackbone(BaseBackbone):
         return self
 
 
-def check_out_indices(out_indices, num_stages: int) -> tuple:
-    """``out_indices`` as a tuple of non-negative stage indices.
-
-    Raises:
-        ValueError: For an index outside ``[-num_stages, num_stages)``.
-    """
+def _check_out_indices(out_indices, num_stages: int) -> tuple:
     if isinstance(out_indices, int):
         out_indices = [out_indices]
     indices = []
@@ -82,10 +92,3 @@ def check_out_indices(out_indices, num_stages: int) -> tuple:
                              f'{num_stages}), but got {index}')
         indices.append(index % num_stages)
     return tuple(indices)
-
-
-def check_frozen_stages(frozen_stages: int, num_stages: int) -> int:
-    if not -1 <= frozen_stages <= num_stages:
-        raise ValueError(f'frozen_stages must be in [-1, {num_stages}], but '
-                         f'got {frozen_stages}')
-    return frozen_stages

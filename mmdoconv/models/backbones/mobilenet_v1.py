@@ -7,8 +7,7 @@ from mmcv.cnn import ConvModule
 from mmpretrain.registry import MODELS
 from torch import Tensor, nn
 
-from ._base import (DEFAULT_INIT_CFG, FreezableBackbone,
-                    check_frozen_stages, check_out_indices)
+from ._base import DEFAULT_INIT_CFG, FreezableBackbone
 
 
 def _make_divisible(value: float, divisor: int = 8) -> int:
@@ -54,9 +53,7 @@ class MobileNetV1(FreezableBackbone):
             raise ValueError(
                 f'widen_factor must be positive, but got {widen_factor}')
         num_blocks = len(self.arch_settings)
-        self.out_indices = check_out_indices(out_indices, num_blocks)
-        self.frozen_stages = check_frozen_stages(frozen_stages, num_blocks)
-        self.norm_eval = norm_eval
+        self.set_stage_options(num_blocks, out_indices, frozen_stages, norm_eval)
         layer = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
                      bias=False)
         channels = _make_divisible(32 * widen_factor)

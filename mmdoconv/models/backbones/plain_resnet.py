@@ -6,8 +6,7 @@ from mmcv.cnn import ConvModule
 from mmpretrain.registry import MODELS
 from torch import Tensor, nn
 
-from ._base import (DEFAULT_INIT_CFG, FreezableBackbone,
-                    check_frozen_stages, check_out_indices)
+from ._base import DEFAULT_INIT_CFG, FreezableBackbone
 
 
 @MODELS.register_module()
@@ -49,9 +48,7 @@ class PlainResNet(FreezableBackbone):
             raise KeyError(f'invalid depth {depth} for PlainResNet; expected '
                            f'one of {sorted(self.arch_settings)}')
         self.depth = depth
-        self.out_indices = check_out_indices(out_indices, 4)
-        self.frozen_stages = check_frozen_stages(frozen_stages, 4)
-        self.norm_eval = norm_eval
+        self.set_stage_options(4, out_indices, frozen_stages, norm_eval)
         layer = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, bias=False)
         self.stem = ConvModule(in_channels, base_channels, 7, stride=2,
                                padding=3, **layer)

@@ -15,8 +15,7 @@ from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
 from torch import Tensor, nn
 
-from ._base import (DEFAULT_INIT_CFG, FreezableBackbone,
-                    check_frozen_stages, check_out_indices)
+from ._base import DEFAULT_INIT_CFG, FreezableBackbone
 
 
 class PreActBasicBlock(BaseModule):
@@ -136,9 +135,7 @@ class PreActResNet(FreezableBackbone):
                            f'expected one of {sorted(self.arch_settings)}')
         block, stage_blocks = self.arch_settings[depth]
         self.depth = depth
-        self.out_indices = check_out_indices(out_indices, 4)
-        self.frozen_stages = check_frozen_stages(frozen_stages, 4)
-        self.norm_eval = norm_eval
+        self.set_stage_options(4, out_indices, frozen_stages, norm_eval)
         # Stem as in ResNet-v1: conv7x7-BN-ReLU, max pool.
         self.conv1 = build_conv_layer(conv_cfg, in_channels, base_channels, 7,
                                       stride=2, padding=3, bias=False)
