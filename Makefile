@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.mmdoconv-env
 
 env: $(STAMP)
 
-$(STAMP): tools/setup_env.sh requirements.txt pyproject.toml
+$(STAMP): tools/setup_env.sh requirements.txt pyproject.toml mmdoconv/ops/csrc/compose.cpp
 	bash tools/setup_env.sh
 	touch $(STAMP)
 

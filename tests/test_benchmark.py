@@ -9,12 +9,15 @@ def test_benchmark_tool_writes_json(tmp_path):
     result = run_tool('tools/analysis_tools/benchmark.py', '--shapes', '8x6', '16x5',
                       '--repeats', '2', '--warmup', '1', '--out', str(out))
     assert '| 8, 6×6 |' in result.stdout and 'machine: cpu=' in result.stdout
+    assert 'compose=fused (cpp)' in result.stdout
     payload = json.loads(out.read_text())
     assert set(payload) == {'machine', 'layers', 'models'}
     assert [(l['channels'], l['size']) for l in payload['layers']] == [
         (8, 6), (16, 5)]
     for layer in payload['layers']:
-        assert set(layer['train']) == {'conv', 'doconv', 'anchor'}
+        assert set(layer['train']) == {'conv', 'doconv', 'doconv_torch',
+                                       'anchor'}
+        assert all(len(v['samples']) == 2 for v in layer['train'].values())
         assert set(layer['eval']) == {'conv', 'doconv', 'folded', 'anchor'}
         assert all(v['seconds'] > 0 for v in layer['eval'].values())
 

@@ -1,25 +1,35 @@
-"""Model-level timing: the paper's task configs, baseline against DO-Conv.
+"""Model-level timing: the paper's configs, baseline against DO-Conv.
 
-Faster R-CNN R50-FPN (batch 2, 512x512) and DeepLabv3 R50-D8 (batch 2,
-512x512 crops) are built from this project's configs and fed real batches of
-the synthetic datasets through the configs' own pipelines.  Train step =
-forward, loss, backward and optimizer step (``model.train_step``);
-inference = ``model.test_step``.  Variants are interleaved.
+Faster R-CNN R50-FPN (batch 2, 512x512), DeepLabv3 R50-D8 (batch 2, 512x512
+crops) and ResNet-50 on ImageNet (batch 32, 224x224) are built from this
+project's configs and fed real batches of the synthetic datasets through the
+configs' own pipelines.  Train step = forward, loss, backward and optimizer
+step (``model.train_step``); inference = ``model.test_step``.  Variants are
+interleaved in one process.  CPU peak memory is the resident-set high-water
+mark of a fresh process per variant that runs the same train steps
+(``python -m workshop.benchmark_models --peak-rss KIND VARIANT``).
 """
+import argparse
 import copy
+import json
+import logging
 import os.path as osp
+import resource
+import subprocess
+import sys
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from mmengine.config import Config
 
 from mmdoconv import fold_doconv
-from mmdoconv.utils.benchmark import interleaved_medians
+from mmdoconv.utils.benchmark import interleaved_medians, ratio_spread
 from mmdoconv.utils.cli import build_runner
 
-from .recipes import detection_options, segmentation_options
-from .synthetic import write_cityscapes, write_coco
+from .recipes import (classification_options, detection_options,
+                      segmentation_options)
+from .synthetic import write_cityscapes, write_coco, write_imagenet
 
 _ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MODELS = {
@@ -32,11 +42,19 @@ MODELS = {
         baseline='deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-512x1024.py',
         doconv='deeplabv3/deeplabv3_r50-d8-doconv-task_4xb2-80k_cityscapes-'
         '512x1024.py'),
+    'cls': dict(
+        name='ResNet-50 ImageNet',
+        baseline='resnet/resnet50_8xb32_in1k.py',
+        doconv='resnet/resnet50-doconv_8xb32_in1k.py'),
 }
+BATCH = dict(det='batch 2, 512x512', seg='batch 2, 512x512',
+             cls='batch 32, 224x224')
 
 
 def _options(kind: str, data_root: str) -> Dict:
-    """The small-run recipes at the benchmark's size (batch 2, 512x512)."""
+    """The small-run recipes at the benchmark's sizes (:data:`BATCH`)."""
+    if kind == 'cls':
+        return classification_options(data_root, size=224, batch_size=32)
     batches = {'train_dataloader.batch_size': 2,
                'val_dataloader.batch_size': 2}
     if kind == 'det':
@@ -61,45 +79,78 @@ def _runner(config: str, options: Dict, work_dir: str):
     cfg.merge_from_dict(options)
     cfg.work_dir = work_dir
     cfg.custom_hooks = []
-    return build_runner(cfg)
+    cfg.log_level = 'ERROR'  # the benchmark prints only its own tables
+    runner = build_runner(cfg)
+    # The Runner's logger is a handler-owning mmengine logger; its INFO
+    # lines (hook tables, environment) are not the benchmark's output.
+    runner.logger.setLevel(logging.ERROR)
+    return runner
+
+
+def _write_data(kind: str, data_root: str) -> None:
+    quiet = dict(progress=lambda message: None)
+    if kind == 'det':
+        write_coco(data_root, num_train=2, num_val=2, size=(512, 512),
+                   **quiet)
+    elif kind == 'seg':
+        write_cityscapes(data_root, num_train=2, num_val=2, size=(512, 1024),
+                         **quiet)
+    else:
+        write_imagenet(data_root, num_train=32, num_val=2, size=256, **quiet)
+
+
+def _build(kind: str, variants, tmp: str, device: torch.device):
+    """Models, optimizer wrappers and one train / val batch."""
+    spec = MODELS[kind]
+    data_root = osp.join(tmp, kind) + '/'
+    _write_data(kind, data_root)
+    options = _options(kind, data_root)
+    runners = {variant: _runner(spec[variant], options, osp.join(tmp, variant))
+               for variant in variants}
+    first = runners[variants[0]]
+    train_batch = next(iter(first.train_dataloader))
+    val_batch = next(iter(first.val_dataloader))
+    models, optim_wrappers = {}, {}
+    for variant, runner in runners.items():
+        models[variant] = runner.model.to(device)
+        optim_wrappers[variant] = runner.build_optim_wrapper(
+            runner.cfg.optim_wrapper)
+    return models, optim_wrappers, train_batch, val_batch
+
+
+def _train_step(model, optim_wrapper, batch):
+    def step():
+        model.train()
+        model.train_step(batch, optim_wrapper)
+    return step
+
+
+def peak_rss_mb(kind: str, variant: str, steps: int) -> float:
+    """Run ``steps`` train steps of one variant in a fresh process and
+    return its resident-set high-water mark in MiB."""
+    command = [sys.executable, '-m', 'workshop.benchmark_models',
+               '--peak-rss', kind, variant, '--steps', str(steps)]
+    result = subprocess.run(command, cwd=_ROOT, capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f'peak-RSS run of {kind}/{variant} failed:\n'
+                           + result.stderr[-2000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])['peak_rss_mb']
 
 
 def benchmark_model(kind: str, repeats: int = 5, warmup: int = 2,
-                    device: str = 'cpu') -> Dict:
-    """Times (and CUDA peak memory) of one model pair."""
+                    device: str = 'cpu', rss_steps: Optional[int] = 3
+                    ) -> Dict:
+    """Times and peak memory (CUDA allocator peak, or the CPU resident-set
+    peak of a fresh process per variant) of one model pair."""
     spec = MODELS[kind]
     device = torch.device(device)
     with tempfile.TemporaryDirectory() as tmp:
-        data_root = osp.join(tmp, kind) + '/'
-        if kind == 'det':
-            write_coco(data_root, num_train=2, num_val=2, size=(512, 512),
-                       progress=lambda m: None)
-        else:
-            write_cityscapes(data_root, num_train=2, num_val=2,
-                             size=(512, 1024), progress=lambda m: None)
-        options = _options(kind, data_root)
-        runners = {
-            variant: _runner(spec[variant], options, osp.join(tmp, variant))
-            for variant in ('baseline', 'doconv')
-        }
-        train_batch = next(iter(runners['baseline'].train_dataloader))
-        val_batch = next(iter(runners['baseline'].val_dataloader))
-        models, optim_wrappers = {}, {}
-        for variant, runner in runners.items():
-            model = runner.model.to(device)
-            models[variant] = model
-            optim_wrappers[variant] = runner.build_optim_wrapper(
-                runner.cfg.optim_wrapper)
-
-        def train_step(variant):
-            def step():
-                models[variant].train()
-                models[variant].train_step(train_batch,
-                                           optim_wrappers[variant])
-            return step
-
+        models, optim_wrappers, train_batch, val_batch = _build(
+            kind, ('baseline', 'doconv'), tmp, device)
         train = interleaved_medians(
-            {v: train_step(v) for v in models}, repeats, warmup, device)
+            {v: _train_step(models[v], optim_wrappers[v], train_batch)
+             for v in models}, repeats, warmup, device)
         folded = copy.deepcopy(models['doconv'])
         fold_doconv(folded)
         eval_models = dict(baseline=models['baseline'],
@@ -115,8 +166,12 @@ def benchmark_model(kind: str, repeats: int = 5, warmup: int = 2,
         inference = interleaved_medians(
             {v: test_step(m) for v, m in eval_models.items()}, repeats,
             warmup, device)
-    return dict(model=spec['name'], configs=dict(baseline=spec['baseline'],
-                                                 doconv=spec['doconv']),
+    if device.type == 'cpu' and rss_steps:
+        for variant in ('baseline', 'doconv'):
+            train[variant]['peak_mb'] = peak_rss_mb(kind, variant, rss_steps)
+    return dict(model=spec['name'], batch=BATCH[kind],
+                configs=dict(baseline=spec['baseline'],
+                             doconv=spec['doconv']),
                 train=train, inference=inference)
 
 
@@ -124,29 +179,63 @@ def benchmark_models(kinds: List[str], repeats: int = 5,
                      device: str = 'cpu') -> List[Dict]:
     results = []
     for index, kind in enumerate(kinds, 1):
-        print(f'[model {index}/{len(kinds)}] {MODELS[kind]["name"]}',
-              flush=True)
+        print(f'[model {index}/{len(kinds)}] {MODELS[kind]["name"]} '
+              f'({BATCH[kind]}, {repeats} repeats per variant)', flush=True)
         results.append(benchmark_model(kind, repeats, device=device))
     return results
 
 
 def model_table(results: List[Dict]) -> str:
     """Markdown: times in s, ratios against the baseline config."""
-    lines = ['| model | train step: baseline s | doconv-task (ratio) | peak '
-             'memory ratio | inference: baseline s | unfolded eval (ratio) | '
-             'folded (ratio) |', '|---|---|---|---|---|---|---|']
+    lines = ['| model (batch) | train step: baseline s | DO-Conv s (ratio, '
+             'spread) | peak memory MiB: baseline, DO-Conv (ratio) | '
+             'inference: baseline s | unfolded eval (ratio) | folded (ratio) |',
+             '|---|---|---|---|---|---|---|']
     for r in results:
         train, infer = r['train'], r['inference']
         base_t, base_i = train['baseline']['seconds'], infer['baseline'][
             'seconds']
-        peak = 'n/a (CPU)'
-        if train['baseline']['peak_mb']:
-            peak = f'{train["doconv"]["peak_mb"] / train["baseline"]["peak_mb"]:.2f}'
+        peak = 'n/a'
+        if train['baseline'].get('peak_mb'):
+            base_mb, doconv_mb = (train[v]['peak_mb']
+                                  for v in ('baseline', 'doconv'))
+            peak = f'{base_mb:.0f}, {doconv_mb:.0f} ({doconv_mb / base_mb:.3f})'
+        low, high = ratio_spread(train['doconv'], train['baseline'])
         lines.append(
-            f'| {r["model"]} | {base_t:.3f} | {train["doconv"]["seconds"]:.3f}'
-            f' ({train["doconv"]["seconds"] / base_t:.2f}) | {peak} | '
+            f'| {r["model"]} ({r.get("batch", "")}) | {base_t:.3f} | '
+            f'{train["doconv"]["seconds"]:.3f} '
+            f'({train["doconv"]["seconds"] / base_t:.3f}, {low:.2f}-{high:.2f})'
+            f' | {peak} | '
             f'{base_i:.3f} | {infer["doconv"]["seconds"]:.3f} '
             f'({infer["doconv"]["seconds"] / base_i:.2f}) | '
             f'{infer["folded"]["seconds"]:.3f} '
             f'({infer["folded"]["seconds"] / base_i:.2f}) |')
     return '\n'.join(lines)
+
+
+def _peak_rss_main(kind: str, variant: str, steps: int) -> None:
+    """One variant's train steps in this (fresh) process; prints JSON."""
+    import mmdoconv  # noqa: F401
+    with tempfile.TemporaryDirectory() as tmp:
+        models, optim_wrappers, train_batch, _ = _build(
+            kind, (variant, ), tmp, torch.device('cpu'))
+        step = _train_step(models[variant], optim_wrappers[variant],
+                           train_batch)
+        for _ in range(steps):
+            step()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(dict(kind=kind, variant=variant,
+                          peak_rss_mb=peak_kib / 1024)))
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description='peak RSS of one variant')
+    parser.add_argument('--peak-rss', nargs=2, metavar=('KIND', 'VARIANT'),
+                        required=True)
+    parser.add_argument('--steps', type=int, default=3)
+    args = parser.parse_args()
+    kind, variant = args.peak_rss
+    if kind not in MODELS or variant not in ('baseline', 'doconv'):
+        raise SystemExit(f'error: KIND must be one of {sorted(MODELS)} and '
+                         f'VARIANT baseline or doconv, got {kind} {variant}')
+    _peak_rss_main(kind, variant, args.steps)

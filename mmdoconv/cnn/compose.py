@@ -19,6 +19,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ..ops.fused_compose import fused_backend, fused_compose
+
 
 def doconv_identity(kernel_numel: int,
                     d_mul: int,
@@ -56,7 +58,10 @@ def doconv_identity(kernel_numel: int,
 
 
 class _ComposeKernel(torch.autograd.Function):
-    """``W'[g, o, c, s] = sum_d W[g, o, c, d] * D[g, c, s, d]`` with fast GEMMs.
+    """``W'[g, o, c, s] = sum_d W[g, o, c, d] * D[g, c, s, d]`` with GEMMs.
+
+    The pure-PyTorch composition, used where the fused kernels
+    (:mod:`mmdoconv.ops`) do not apply: tracing, other devices, or no build.
 
     The composition is one small GEMM per input channel ``(o, d) @ (d, s)``.
     Written as an einsum, PyTorch batches it as ``(s, d) @ (d, o)``, which
@@ -109,7 +114,10 @@ def compose_kernel(weight: Tensor, d_minus_identity: Tensor,
 
     Returns:
         The composed kernel ``W'``, contiguous, shape
-        ``(C_out, C_in/groups, M, N)``.
+        ``(C_out, C_in/groups, M, N)``.  It comes from the fused kernel of
+        the weight's device when one is available
+        (:func:`~mmdoconv.ops.fused_compose.fused_backend`), else from
+        batched GEMMs; both agree to round-off.
     """
     out_channels, in_per_group = weight.shape[:2]
     kernel_h, kernel_w = kernel_size
@@ -117,6 +125,13 @@ def compose_kernel(weight: Tensor, d_minus_identity: Tensor,
     # materialising it is cheaper than adding D's product to W.
     d_full = d_minus_identity + identity  # broadcast over input channels
     d_mul = d_full.shape[-1]
+    backend = fused_backend(weight)
+    if backend is not None:
+        composed = fused_compose(
+            weight.reshape(out_channels, in_per_group, d_mul), d_full, groups,
+            backend)
+        return composed.reshape(out_channels, in_per_group, kernel_h,
+                                kernel_w)
     # Split both kernels by group so each output channel meets exactly the D
     # matrices of the input channels it reads.
     d_grouped = d_full.reshape(groups, in_per_group, kernel_h * kernel_w,

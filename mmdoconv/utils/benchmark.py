@@ -4,18 +4,20 @@ Every measurement is a ratio taken in one run with the variants interleaved
 (A B C A B C ...), so a machine that drifts (turbo, other load) biases no
 variant; each time is the median over repeats after warm-up.
 """
+import copy
 import json
 import os
 import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..cnn.doconv import DOConv2d
+from ..ops.fused_compose import force_backend, fused_backend
 
 LAYER_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
 
@@ -44,8 +46,9 @@ class AnchorDOConv2d(nn.Conv2d):
         return self._conv_forward(x, kernel, self.bias)
 
 
-def machine_info() -> Dict[str, str]:
-    """CPU model, threads, torch version and device of this run."""
+def machine_info(device: str = 'cpu') -> Dict[str, str]:
+    """CPU model, threads, torch version, device and DO-Conv composition
+    path of this run."""
     cpu = platform.processor() or platform.machine()
     try:
         with open('/proc/cpuinfo') as f:
@@ -55,11 +58,14 @@ def machine_info() -> Dict[str, str]:
                     break
     except OSError:
         pass
-    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
-              else 'cpu')
+    probe = torch.zeros(1, device=device)
+    backend = fused_backend(probe)
+    name = (torch.cuda.get_device_name(probe.device)
+            if probe.device.type == 'cuda' else 'cpu')
     return dict(cpu=cpu, cpu_count=str(os.cpu_count()),
                 torch_threads=str(torch.get_num_threads()),
-                torch=torch.__version__, device=device)
+                torch=torch.__version__, device=name,
+                compose=f'fused ({backend})' if backend else 'pure PyTorch')
 
 
 def _sync(device: torch.device) -> None:
@@ -76,7 +82,12 @@ def _peak_memory_mb(device: torch.device) -> Optional[float]:
 def interleaved_medians(steps: Dict[str, Callable[[], None]], repeats: int,
                         warmup: int, device: torch.device
                         ) -> Dict[str, Dict[str, Optional[float]]]:
-    """Median seconds (and peak memory on CUDA) of each step, interleaved."""
+    """Median seconds (and peak memory on CUDA) of each step, interleaved.
+
+    Each result also keeps its per-round ``samples``: round ``i`` of every
+    step ran back to back, so ``samples[i]`` ratios between two steps are
+    paired measurements (:func:`ratio_spread`).
+    """
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -96,8 +107,14 @@ def interleaved_medians(steps: Dict[str, Callable[[], None]], repeats: int,
             if peak is not None:
                 peaks[name] = max(peak, peaks.get(name) or 0.0)
     return {name: dict(seconds=statistics.median(values),
-                       peak_mb=peaks.get(name))
+                       peak_mb=peaks.get(name), samples=values)
             for name, values in times.items()}
+
+
+def ratio_spread(result: Dict, base: Dict) -> Tuple[float, float]:
+    """Lowest and highest per-round ratio of two interleaved results."""
+    ratios = [a / b for a, b in zip(result['samples'], base['samples'])]
+    return min(ratios), max(ratios)
 
 
 @dataclass
@@ -116,26 +133,34 @@ def _layers(channels: int, device: torch.device) -> Dict[str, nn.Module]:
     with torch.no_grad():
         doconv.D.normal_(std=0.01)
     anchor = AnchorDOConv2d(channels, channels, 3, padding=1, bias=False)
-    layers = dict(conv=conv, doconv=doconv, folded=doconv.fold(),
-                  anchor=anchor)
+    doconv_torch = copy.deepcopy(doconv)  # composes with pure PyTorch
+    layers = dict(conv=conv, doconv=doconv, doconv_torch=doconv_torch,
+                  folded=doconv.fold(), anchor=anchor)
     return {name: layer.to(device) for name, layer in layers.items()}
 
 
 def benchmark_layer(channels: int, size: int, batch: int = 8,
                     repeats: int = 10, warmup: int = 3,
                     device: str = 'cpu') -> LayerResult:
-    """Train-step and eval-forward times of the four layer variants."""
+    """Train-step and eval-forward times of the layer variants.
+
+    ``doconv`` composes with the fused kernel where one is available,
+    ``doconv_torch`` with pure PyTorch; eval reuses the cached composed
+    kernel, so there only ``doconv`` is timed.
+    """
     device = torch.device(device)
     layers = _layers(channels, device)
     x = torch.randn(batch, channels, size, size, device=device)
     grad = torch.randn(batch, channels, size, size, device=device)
 
-    def train_step(layer: nn.Module) -> Callable[[], None]:
+    def train_step(layer: nn.Module,
+                   backend: Optional[str] = None) -> Callable[[], None]:
         layer.train()
 
         def step() -> None:
             layer.zero_grad(set_to_none=True)
-            layer(x).backward(grad)
+            with force_backend(backend):
+                layer(x).backward(grad)
         return step
 
     def eval_step(layer: nn.Module) -> Callable[[], None]:
@@ -147,32 +172,40 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
 
     result = LayerResult(channels, size, batch)
     result.train = interleaved_medians(
-        {n: train_step(l) for n, l in layers.items() if n != 'folded'},
+        {n: train_step(l, 'torch' if n == 'doconv_torch' else None)
+         for n, l in layers.items() if n != 'folded'},
         repeats, warmup, device)
     for layer in layers.values():
         layer.eval()
     result.eval = interleaved_medians(
-        {n: eval_step(l) for n, l in layers.items()}, repeats, warmup, device)
+        {n: eval_step(l) for n, l in layers.items() if n != 'doconv_torch'},
+        repeats, warmup, device)
     return result
 
 
 def layer_table(results: Sequence[LayerResult]) -> str:
     """A markdown table: times in ms and ratios against nn.Conv2d."""
     lines = [
-        '| C_in=C_out, map | train: conv ms | doconv (ratio) | anchor '
-        '(ratio) | eval: conv ms | doconv (ratio) | folded (ratio) | anchor '
-        '(ratio) |', '|---|---|---|---|---|---|---|---|'
+        '| C_in=C_out, map | train: conv ms | DO-Conv (ratio, spread) | '
+        'DO-Conv, pure-PyTorch compose (ratio) | anchor (ratio) | eval: conv '
+        'ms | DO-Conv (ratio) | folded (ratio) | anchor (ratio) |',
+        '|---|---|---|---|---|---|---|---|---|'
     ]
 
-    def cell(stage: Dict, name: str) -> str:
+    def cell(stage: Dict, name: str, spread: bool = False) -> str:
         ratio = stage[name]['seconds'] / stage['conv']['seconds']
-        return f'{stage[name]["seconds"] * 1e3:.2f} ({ratio:.2f})'
+        text = f'{stage[name]["seconds"] * 1e3:.2f} ({ratio:.2f}'
+        if spread:
+            low, high = ratio_spread(stage[name], stage['conv'])
+            text += f', {low:.2f}-{high:.2f}'
+        return text + ')'
 
     for r in results:
         lines.append(
             f'| {r.channels}, {r.size}×{r.size} | '
             f'{r.train["conv"]["seconds"] * 1e3:.2f} | '
-            f'{cell(r.train, "doconv")} | {cell(r.train, "anchor")} | '
+            f'{cell(r.train, "doconv", spread=True)} | '
+            f'{cell(r.train, "doconv_torch")} | {cell(r.train, "anchor")} | '
             f'{r.eval["conv"]["seconds"] * 1e3:.2f} | '
             f'{cell(r.eval, "doconv")} | {cell(r.eval, "folded")} | '
             f'{cell(r.eval, "anchor")} |')

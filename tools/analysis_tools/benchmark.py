@@ -2,7 +2,7 @@
 
     python tools/analysis_tools/benchmark.py                      # layer level, 4 shapes
     python tools/analysis_tools/benchmark.py --shapes 256x14 --repeats 20
-    python tools/analysis_tools/benchmark.py --models det seg     # + model level
+    python tools/analysis_tools/benchmark.py --models det seg cls # + model level
 
 Variants are interleaved (A B A B ...) and each time is the median after
 warm-up.  Prints markdown tables and the machine; writes JSON (--out).
@@ -42,8 +42,9 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--models', nargs='*', default=[],
-                        choices=['det', 'seg'],
-                        help='also time Faster R-CNN / DeepLabv3 models')
+                        choices=['det', 'seg', 'cls'],
+                        help='also time Faster R-CNN / DeepLabv3 / ResNet-50 '
+                        '(ImageNet) train and inference steps')
     parser.add_argument('--model-repeats', type=int, default=5)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
                         else 'cpu')
@@ -60,7 +61,7 @@ def main() -> None:
         raise BadInputError(f'--warmup must be >= 0, but got {args.warmup}')
     if args.threads:
         torch.set_num_threads(args.threads)
-    machine = machine_info()
+    machine = machine_info(args.device)
     print('machine: ' + ', '.join(f'{k}={v}' for k, v in machine.items()))
     layers = []
     for index, (channels, size) in enumerate(args.shapes, 1):
@@ -77,7 +78,8 @@ def main() -> None:
         from workshop.benchmark_models import benchmark_models, model_table
         payload['models'] = benchmark_models(args.models, args.model_repeats,
                                              args.device)
-        print('\nModel level (batch 2, 512x512):\n')
+        print('\nModel level (median of %d; spread = lowest-highest '
+              'per-round ratio):\n' % args.model_repeats)
         print(model_table(payload['models']))
     write_json(args.out, payload)
     print(f'\nwrote {args.out}')

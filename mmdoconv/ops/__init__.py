@@ -1,0 +1,1 @@
+"""Compiled and fused kernels (C++ on CPU, Triton on CUDA) with pure-PyTorch fallbacks."""

@@ -1,0 +1,486 @@
+// Fused DO-Conv kernel composition on CPU: W'[o, c, s] = sum_d D[c, s, d] W[o, c, d].
+//
+// The composition is C_out x C_in/groups tiny matrix-vector products with an
+// inner dimension of M*N (paper Eq. 3).  Batched GEMMs run them at a few
+// GFLOP/s and need transposed copies of W and its gradient; here each output
+// channel's row of W is read and its row of W' written once, in their native
+// layouts, with vector instructions over the whole row.
+//
+// Layouts (all contiguous), S = M*N, Dm = D_mul, Cg = C_in/groups:
+//   weight  (C_out, Cg, Dm)   W
+//   d_full  (C_in, S, Dm)     D = D' + I
+//   output  (C_out, Cg, S)    W', the plain conv kernel
+// Output channel o belongs to group o / (C_out/groups) and reads the rows
+// g*Cg ... g*Cg + Cg - 1 of D.
+//
+// Row form (S == Dm, the default D_mul): with j = c*S + s and i = c*S + d,
+// a row of W' is a sum of 2S-1 shifted copies of the row of W, each scaled
+// element-wise by a table built from D once per call:
+//   W'[o, j] = sum_k W[o, j + k] * E_k[j],   E_k[c*S + s] = D[c, s, s + k]
+// (zero where s + k leaves [0, S)).  The gradients have the same form:
+//   gW[o, i] = sum_k G[o, i + k] * F_k[i],   F_k[c*S + d] = D[c, d + k, d]
+//   gD[c, s, s + k] = sum_o G[o, c*S + s] * W[o, c*S + s + k]
+// so every inner loop is a contiguous multiply-add over a row.  D_mul > M*N
+// (rare) uses the direct per-channel loops.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+// The hot loops are compiled three times (AVX-512, AVX2+FMA, baseline x86-64)
+// and the widest the CPU supports is picked at run time, so a build cached on
+// one x86 machine runs well on another.  (GCC's target_clones("arch=...")
+// dispatches on the exact CPU model and falls back to the baseline on CPUs
+// it does not name, such as virtual machines' "Intel Xeon Processor".)  The
+// templates are forced inline so each variant compiles them for its target.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DOCONV_X86 1
+#define DOCONV_INLINE inline __attribute__((always_inline))
+#else
+#define DOCONV_X86 0
+#define DOCONV_INLINE inline
+#endif
+
+struct Shape {
+  int64_t out_channels, in_per_group, out_per_group, groups, positions, d_mul;
+  int64_t row() const { return in_per_group * positions; }  // one row of W' (= of W when S == Dm)
+};
+
+Shape shape_of(const at::Tensor& weight, const at::Tensor& d_full, int64_t groups) {
+  TORCH_CHECK(weight.dim() == 3 && d_full.dim() == 3,
+              "weight must be (C_out, C_in/groups, D_mul) and D (C_in, M*N, D_mul)");
+  TORCH_CHECK(groups >= 1 && weight.size(0) % groups == 0,
+              "C_out=", weight.size(0), " is not divisible by groups=", groups);
+  TORCH_CHECK(d_full.size(0) == weight.size(1) * groups && d_full.size(2) == weight.size(2),
+              "D ", d_full.sizes(), " does not match W ", weight.sizes(), " with groups=", groups);
+  TORCH_CHECK(weight.scalar_type() == d_full.scalar_type(), "W and D dtypes differ");
+  TORCH_CHECK(weight.device().is_cpu() && d_full.device().is_cpu(), "CPU tensors expected");
+  return {weight.size(0), weight.size(1), weight.size(0) / groups, groups, d_full.size(1),
+          weight.size(2)};
+}
+
+// kBytes-wide vectors through GCC's vector extension: one register of the
+// variant's instruction set (16 bytes SSE2, 32 AVX2, 64 AVX-512).
+template <typename T, int kBytes>
+struct Vec {
+  typedef T type __attribute__((vector_size(kBytes)));
+  static constexpr int64_t lanes = kBytes / sizeof(T);
+};
+
+template <typename V, typename T>
+DOCONV_INLINE V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename V, typename T>
+DOCONV_INLINE void store(T* p, V v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// y[r, j] = sum_t x[r, j + t - R] * table[t, j] for the rows of one group,
+// R = S - 1, t < 2S - 1.  Rows are taken kRows at a time so each table
+// vector is loaded once for several rows.
+template <typename T, int kBytes, int kRows>
+DOCONV_INLINE void shift_rows(const T* const* x, const T* table, T* const* y, int64_t row,
+                              int64_t positions) {
+  using V = typename Vec<T, kBytes>::type;
+  constexpr int64_t lanes = Vec<T, kBytes>::lanes;
+  const int64_t reach = positions - 1, shifts = 2 * positions - 1;
+  // Vector tiles never read outside the row; the ends are done one by one.
+  const int64_t first = std::min(reach, row);
+  int64_t j = 0;
+  auto scalar = [&](int64_t jj) {
+    for (int r = 0; r < kRows; ++r) {
+      T sum = 0;
+      for (int64_t t = 0; t < shifts; ++t) {
+        const int64_t src = jj + t - reach;
+        if (src >= 0 && src < row) sum += x[r][src] * table[t * row + jj];
+      }
+      y[r][jj] = sum;
+    }
+  };
+  for (; j < first; ++j) scalar(j);
+  for (; j + lanes + reach <= row; j += lanes) {
+    V acc[kRows];
+    for (int r = 0; r < kRows; ++r) acc[r] = V{};
+    for (int64_t t = 0; t < shifts; ++t) {
+      const V e = load<V>(table + t * row + j);
+      for (int r = 0; r < kRows; ++r) acc[r] += load<V>(x[r] + j + t - reach) * e;
+    }
+    for (int r = 0; r < kRows; ++r) store<V>(y[r] + j, acc[r]);
+  }
+  for (; j < row; ++j) scalar(j);
+}
+
+// Rows [begin, end) of y = shift-apply(x, tables of each row's group).
+template <typename T, int kBytes>
+DOCONV_INLINE void shift_apply(const Shape& sh, const T* x, const T* tables, T* y,
+                               int64_t begin, int64_t end) {
+  constexpr int kRows = 4;
+  const int64_t row = sh.row(), shifts = 2 * sh.positions - 1;
+  int64_t o = begin;
+  while (o < end) {
+    const int64_t group = o / sh.out_per_group;
+    const int64_t group_end = std::min(end, (group + 1) * sh.out_per_group);
+    const T* table = tables + group * shifts * row;
+    for (; o + kRows <= group_end; o += kRows) {
+      const T* xs[kRows];
+      T* ys[kRows];
+      for (int r = 0; r < kRows; ++r) {
+        xs[r] = x + (o + r) * row;
+        ys[r] = y + (o + r) * row;
+      }
+      shift_rows<T, kBytes, kRows>(xs, table, ys, row, sh.positions);
+    }
+    for (; o < group_end; ++o) {
+      const T* xs[1] = {x + o * row};
+      T* ys[1] = {y + o * row};
+      shift_rows<T, kBytes, 1>(xs, table, ys, row, sh.positions);
+    }
+  }
+}
+
+// sums[k] += sum_o g[o, j:j+lanes] * w[o, j+t0+k-R : ...] for k < kShifts,
+// with the kShifts accumulators in registers while the rows stream by.
+template <typename T, int kBytes, int kShifts>
+DOCONV_INLINE void correlate_tile(const T* g, const T* w, T* table, int64_t row, int64_t reach,
+                                  int64_t j, int64_t t0, int64_t o0, int64_t o1) {
+  using V = typename Vec<T, kBytes>::type;
+  V sums[kShifts];
+  for (int k = 0; k < kShifts; ++k) sums[k] = load<V>(table + (t0 + k) * row + j);
+  for (int64_t o = o0; o < o1; ++o) {
+    const V gv = load<V>(g + o * row + j);
+    const T* wo = w + o * row + j + t0 - reach;
+    for (int k = 0; k < kShifts; ++k) sums[k] += gv * load<V>(wo + k);
+  }
+  for (int k = 0; k < kShifts; ++k) store<V>(table + (t0 + k) * row + j, sums[k]);
+}
+
+// acc[group, t, j] += sum_o g[o, j] * w[o, j + t - R] over rows [begin, end).
+template <typename T, int kBytes>
+DOCONV_INLINE void shift_correlate(const Shape& sh, const T* g, const T* w, T* acc,
+                                   int64_t begin, int64_t end) {
+  constexpr int64_t lanes = Vec<T, kBytes>::lanes;
+  const int64_t row = sh.row(), reach = sh.positions - 1, shifts = 2 * sh.positions - 1;
+  for (int64_t o0 = begin; o0 < end;) {
+    const int64_t group = o0 / sh.out_per_group;
+    const int64_t o1 = std::min(end, (group + 1) * sh.out_per_group);
+    T* table = acc + group * shifts * row;
+    auto scalar = [&](int64_t j) {
+      for (int64_t t = 0; t < shifts; ++t) {
+        const int64_t src = j + t - reach;
+        if (src < 0 || src >= row) continue;
+        T sum = 0;
+        for (int64_t o = o0; o < o1; ++o) sum += g[o * row + j] * w[o * row + src];
+        table[t * row + j] += sum;
+      }
+    };
+    const int64_t first = std::min(reach, row);
+    int64_t j = 0;
+    for (; j < first; ++j) scalar(j);
+    for (; j + lanes + reach <= row; j += lanes) {
+      // 2S-1 shifts in register-sized chunks: 17 = 9 + 8 for 3x3 kernels.
+      int64_t t0 = 0;
+      for (; shifts - t0 >= 9; t0 += 9) correlate_tile<T, kBytes, 9>(g, w, table, row, reach, j, t0, o0, o1);
+      for (; shifts - t0 >= 8; t0 += 8) correlate_tile<T, kBytes, 8>(g, w, table, row, reach, j, t0, o0, o1);
+      for (; shifts - t0 >= 4; t0 += 4) correlate_tile<T, kBytes, 4>(g, w, table, row, reach, j, t0, o0, o1);
+      for (; t0 < shifts; ++t0) correlate_tile<T, kBytes, 1>(g, w, table, row, reach, j, t0, o0, o1);
+    }
+    for (; j < row; ++j) scalar(j);
+    o0 = o1;
+  }
+}
+
+// Both gradients for rows [begin, end), a block of rows at a time so the
+// block's rows of G, read for grad W, are still in cache for grad D.
+template <typename T, int kBytes>
+DOCONV_INLINE void shift_backward(const Shape& sh, const T* g, const T* w, const T* tables,
+                                  T* grad_weight, T* acc, int64_t begin, int64_t end) {
+  constexpr int64_t kBlock = 32;  // 32 rows of G and W: about 1 MB at 512 channels
+  for (int64_t o0 = begin; o0 < end; o0 += kBlock) {
+    const int64_t o1 = std::min(end, o0 + kBlock);
+    if (grad_weight != nullptr) shift_apply<T, kBytes>(sh, g, tables, grad_weight, o0, o1);
+    if (acc != nullptr) shift_correlate<T, kBytes>(sh, g, w, acc, o0, o1);
+  }
+}
+
+// Direct per-channel loops for D_mul > M*N: W'[o, c, :] = D[c] W[o, c, :].
+template <typename T>
+DOCONV_INLINE void direct_forward(const Shape& sh, const T* weight, const T* d_full, T* out,
+                                  int64_t begin, int64_t end) {
+  const int64_t S = sh.positions, Dm = sh.d_mul, Cg = sh.in_per_group;
+  for (int64_t o = begin; o < end; ++o) {
+    const int64_t group = o / sh.out_per_group;
+    for (int64_t c = 0; c < Cg; ++c) {
+      const T* w = weight + (o * Cg + c) * Dm;
+      const T* dc = d_full + (group * Cg + c) * S * Dm;
+      T* y = out + (o * Cg + c) * S;
+      for (int64_t s = 0; s < S; ++s) {
+        T sum = 0;
+        for (int64_t d = 0; d < Dm; ++d) sum += dc[s * Dm + d] * w[d];
+        y[s] = sum;
+      }
+    }
+  }
+}
+
+// grad W[o, c, :] = D[c]^T g and grad_d[c] += g w^T, g = grad W'[o, c, :].
+template <typename T>
+DOCONV_INLINE void direct_backward(const Shape& sh, const T* grad, const T* weight,
+                                   const T* d_full, T* grad_weight, T* grad_d, int64_t begin,
+                                   int64_t end) {
+  const int64_t S = sh.positions, Dm = sh.d_mul, Cg = sh.in_per_group;
+  for (int64_t o = begin; o < end; ++o) {
+    const int64_t group = o / sh.out_per_group;
+    for (int64_t c = 0; c < Cg; ++c) {
+      const int64_t channel = group * Cg + c;
+      const T* g = grad + (o * Cg + c) * S;
+      const T* w = weight + (o * Cg + c) * Dm;
+      const T* dc = d_full + channel * S * Dm;
+      if (grad_weight != nullptr) {
+        T* gw = grad_weight + (o * Cg + c) * Dm;
+        for (int64_t d = 0; d < Dm; ++d) gw[d] = 0;
+        for (int64_t s = 0; s < S; ++s) {
+          for (int64_t d = 0; d < Dm; ++d) gw[d] += dc[s * Dm + d] * g[s];
+        }
+      }
+      if (grad_d != nullptr) {
+        T* gd = grad_d + channel * S * Dm;
+        for (int64_t s = 0; s < S; ++s) {
+          for (int64_t d = 0; d < Dm; ++d) gd[s * Dm + d] += g[s] * w[d];
+        }
+      }
+    }
+  }
+}
+
+// One entry point per loop nest, dtype and instruction set.
+template <typename T>
+struct Kernels {
+  void (*shift_apply)(const Shape&, const T*, const T*, T*, int64_t, int64_t);
+  void (*shift_backward)(const Shape&, const T*, const T*, const T*, T*, T*, int64_t,
+                         int64_t);
+  void (*direct_forward)(const Shape&, const T*, const T*, T*, int64_t, int64_t);
+  void (*direct_backward)(const Shape&, const T*, const T*, const T*, T*, T*, int64_t,
+                          int64_t);
+};
+
+#define DOCONV_VARIANT(T, ATTR, BYTES, SUFFIX)                                           \
+  ATTR void shift_apply_##SUFFIX(const Shape& sh, const T* x, const T* tables, T* y,    \
+                                 int64_t b, int64_t e) {                                 \
+    shift_apply<T, BYTES>(sh, x, tables, y, b, e);                                       \
+  }                                                                                      \
+  ATTR void shift_backward_##SUFFIX(const Shape& sh, const T* g, const T* w,            \
+                                    const T* tables, T* gw, T* acc, int64_t b,           \
+                                    int64_t e) {                                         \
+    shift_backward<T, BYTES>(sh, g, w, tables, gw, acc, b, e);                           \
+  }                                                                                      \
+  ATTR void direct_forward_##SUFFIX(const Shape& sh, const T* w, const T* d, T* y,      \
+                                    int64_t b, int64_t e) {                              \
+    direct_forward<T>(sh, w, d, y, b, e);                                                \
+  }                                                                                      \
+  ATTR void direct_backward_##SUFFIX(const Shape& sh, const T* g, const T* w,           \
+                                     const T* d, T* gw, T* gd, int64_t b, int64_t e) {   \
+    direct_backward<T>(sh, g, w, d, gw, gd, b, e);                                       \
+  }                                                                                      \
+  const Kernels<T> kernels_##SUFFIX = {shift_apply_##SUFFIX, shift_backward_##SUFFIX,    \
+                                       direct_forward_##SUFFIX, direct_backward_##SUFFIX};
+
+DOCONV_VARIANT(float, , 16, f32_base)
+DOCONV_VARIANT(double, , 16, f64_base)
+#if DOCONV_X86
+#define DOCONV_AVX2 __attribute__((target("avx2,fma")))
+#define DOCONV_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
+DOCONV_VARIANT(float, DOCONV_AVX2, 32, f32_avx2)
+DOCONV_VARIANT(double, DOCONV_AVX2, 32, f64_avx2)
+DOCONV_VARIANT(float, DOCONV_AVX512, 32, f32_avx512)
+DOCONV_VARIANT(double, DOCONV_AVX512, 64, f64_avx512)
+#endif
+#undef DOCONV_VARIANT
+
+// "avx512", "avx2" or "baseline": the widest variant this CPU runs.
+const char* instruction_set() {
+#if DOCONV_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return "avx512";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
+#endif
+  return "baseline";
+}
+
+template <typename T>
+const Kernels<T>& kernels();
+
+template <>
+const Kernels<float>& kernels<float>() {
+  static const Kernels<float>& chosen = [] () -> const Kernels<float>& {
+    const std::string isa = instruction_set();
+#if DOCONV_X86
+    if (isa == "avx512") return kernels_f32_avx512;
+    if (isa == "avx2") return kernels_f32_avx2;
+#endif
+    return kernels_f32_base;
+  }();
+  return chosen;
+}
+
+template <>
+const Kernels<double>& kernels<double>() {
+  static const Kernels<double>& chosen = [] () -> const Kernels<double>& {
+    const std::string isa = instruction_set();
+#if DOCONV_X86
+    if (isa == "avx512") return kernels_f64_avx512;
+    if (isa == "avx2") return kernels_f64_avx2;
+#endif
+    return kernels_f64_base;
+  }();
+  return chosen;
+}
+
+// Tables E (transpose=false) or F (transpose=true), (groups, 2S-1, Cg*S):
+// E[t][c*S + s] = D[c, s, s + k], F[t][c*S + d] = D[c, d + k, d], k = t - (S-1).
+at::Tensor shift_tables(const at::Tensor& d_full, const Shape& sh, bool transpose) {
+  const int64_t S = sh.positions, shifts = 2 * S - 1, row = sh.row();
+  at::Tensor tables = at::zeros({sh.groups, shifts, row}, d_full.options());
+  AT_DISPATCH_FLOATING_TYPES(d_full.scalar_type(), "doconv_shift_tables", [&] {
+    const scalar_t* d = d_full.data_ptr<scalar_t>();
+    scalar_t* out = tables.data_ptr<scalar_t>();
+    for (int64_t channel = 0; channel < sh.groups * sh.in_per_group; ++channel) {
+      const int64_t group = channel / sh.in_per_group, c = channel % sh.in_per_group;
+      const scalar_t* dc = d + channel * S * S;
+      for (int64_t a = 0; a < S; ++a) {      // s for E, d for F
+        for (int64_t b = 0; b < S; ++b) {    // s + k for E, d + k for F
+          const int64_t t = b - a + S - 1;
+          out[(group * shifts + t) * row + c * S + a] = transpose ? dc[b * S + a] : dc[a * S + b];
+        }
+      }
+    }
+  });
+  return tables;
+}
+
+// About 32k multiply-adds per task: small layers stay on one thread.
+int64_t grain_size(const Shape& sh) {
+  const int64_t per_row = std::max<int64_t>(1, sh.in_per_group * sh.positions * sh.d_mul);
+  return std::max<int64_t>(1, 32768 / per_row);
+}
+
+at::Tensor compose_forward(const at::Tensor& weight_in, const at::Tensor& d_in,
+                           int64_t groups) {
+  const Shape sh = shape_of(weight_in, d_in, groups);
+  const at::Tensor weight = weight_in.contiguous();
+  const at::Tensor d_full = d_in.contiguous();
+  const bool rows = sh.positions == sh.d_mul;
+  const at::Tensor tables = rows ? shift_tables(d_full, sh, false) : at::Tensor();
+  at::Tensor out = at::empty({sh.out_channels, sh.in_per_group, sh.positions},
+                             weight.options());
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "doconv_compose_forward", [&] {
+    const scalar_t* w = weight.data_ptr<scalar_t>();
+    scalar_t* y = out.data_ptr<scalar_t>();
+    const scalar_t* tab = rows ? tables.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* d = d_full.data_ptr<scalar_t>();
+    at::parallel_for(0, sh.out_channels, grain_size(sh), [&](int64_t b, int64_t e) {
+      if (rows) {
+        kernels<scalar_t>().shift_apply(sh, w, tab, y, b, e);
+      } else {
+        kernels<scalar_t>().direct_forward(sh, w, d, y, b, e);
+      }
+    });
+  });
+  return out;
+}
+
+// Sum of the per-task shift correlations, as grad D (C_in, S, S).
+at::Tensor grad_d_from_correlations(const at::Tensor& correlations, const Shape& sh) {
+  const int64_t S = sh.positions, shifts = 2 * S - 1, row = sh.row();
+  const at::Tensor summed = correlations.sum(0).contiguous();  // (groups, shifts, row)
+  at::Tensor grad_d = at::empty({sh.groups * sh.in_per_group, S, S}, summed.options());
+  AT_DISPATCH_FLOATING_TYPES(summed.scalar_type(), "doconv_grad_d", [&] {
+    const scalar_t* h = summed.data_ptr<scalar_t>();
+    scalar_t* gd = grad_d.data_ptr<scalar_t>();
+    for (int64_t channel = 0; channel < sh.groups * sh.in_per_group; ++channel) {
+      const int64_t group = channel / sh.in_per_group, c = channel % sh.in_per_group;
+      for (int64_t s = 0; s < S; ++s) {
+        for (int64_t d = 0; d < S; ++d) {
+          gd[(channel * S + s) * S + d] = h[(group * shifts + d - s + S - 1) * row + c * S + s];
+        }
+      }
+    }
+  });
+  return grad_d;
+}
+
+std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Tensor& weight_in,
+                                         const at::Tensor& d_in, int64_t groups,
+                                         bool need_weight, bool need_d) {
+  const Shape sh = shape_of(weight_in, d_in, groups);
+  TORCH_CHECK(grad_in.numel() == sh.out_channels * sh.in_per_group * sh.positions,
+              "grad of W' has ", grad_in.numel(), " elements, expected ",
+              sh.out_channels * sh.in_per_group * sh.positions);
+  const at::Tensor grad = grad_in.contiguous().to(weight_in.scalar_type());
+  const at::Tensor weight = weight_in.contiguous();
+  const at::Tensor d_full = d_in.contiguous();
+  const bool rows = sh.positions == sh.d_mul;
+  at::Tensor grad_weight, grad_d;
+  if (need_weight) grad_weight = at::empty_like(weight);
+  // grad D sums over output channels: each task adds into its own buffer and
+  // the buffers are summed at the end (deterministic for a given thread
+  // count, no atomics).
+  const int64_t tasks =
+      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), sh.out_channels));
+  at::Tensor partial;
+  if (need_d) {
+    partial = rows ? at::zeros({tasks, sh.groups, 2 * sh.positions - 1, sh.row()}, weight.options())
+                   : at::zeros({tasks, d_full.size(0), sh.positions, sh.d_mul}, weight.options());
+  }
+  const at::Tensor tables = rows && need_weight ? shift_tables(d_full, sh, true) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "doconv_compose_backward", [&] {
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    const scalar_t* w = weight.data_ptr<scalar_t>();
+    const scalar_t* d = d_full.data_ptr<scalar_t>();
+    scalar_t* gw = need_weight ? grad_weight.data_ptr<scalar_t>() : nullptr;
+    scalar_t* acc = need_d ? partial.data_ptr<scalar_t>() : nullptr;
+    const int64_t per_task = need_d ? partial.numel() / tasks : 0;
+    if (rows) {
+      const scalar_t* tab = need_weight ? tables.data_ptr<scalar_t>() : nullptr;
+      at::parallel_for(0, tasks, 1, [&](int64_t tb, int64_t te) {
+        for (int64_t t = tb; t < te; ++t) {
+          kernels<scalar_t>().shift_backward(sh, g, w, tab, gw,
+                                             need_d ? acc + t * per_task : nullptr,
+                                             t * sh.out_channels / tasks,
+                                             (t + 1) * sh.out_channels / tasks);
+        }
+      });
+    }
+    if (!rows && (need_weight || need_d)) {
+      at::parallel_for(0, tasks, 1, [&](int64_t tb, int64_t te) {
+        for (int64_t t = tb; t < te; ++t) {
+          kernels<scalar_t>().direct_backward(sh, g, w, d, gw, need_d ? acc + t * per_task : nullptr,
+                                 t * sh.out_channels / tasks, (t + 1) * sh.out_channels / tasks);
+        }
+      });
+    }
+  });
+  if (need_d) grad_d = rows ? grad_d_from_correlations(partial, sh) : partial.sum(0);
+  return {grad_weight, grad_d};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Fused DO-Conv kernel composition (CPU)";
+  m.def("compose_forward", &compose_forward, "W' = D^T o W",
+        py::arg("weight"), py::arg("d_full"), py::arg("groups"));
+  m.def("compose_backward", &compose_backward, "grad W and grad D of W' = D^T o W",
+        py::arg("grad"), py::arg("weight"), py::arg("d_full"), py::arg("groups"),
+        py::arg("need_weight"), py::arg("need_d"));
+  m.def("instruction_set", &instruction_set, "the vector instructions the kernels use here");
+}

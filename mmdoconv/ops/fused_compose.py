@@ -1,0 +1,122 @@
+"""The fused kernel composition and the choice between it and pure PyTorch.
+
+:func:`fused_compose` computes ``W'[o, c, s] = sum_d D[c, s, d] W[o, c, d]``
+with the C++ extension on CPU (:mod:`mmdoconv.ops.extension`) or the Triton
+kernels on CUDA (:mod:`mmdoconv.ops.triton_compose`); :func:`fused_backend`
+says which applies to a weight, or ``None`` when the caller should use the
+pure-PyTorch composition.  The first choice per device type is logged once,
+with the reason when it is the fallback.
+
+``MMDOCONV_COMPOSE=torch`` turns the fused paths off (benchmarks compare both
+in one process with :func:`force_backend`).
+"""
+import contextlib
+import os
+from typing import Iterator, Optional
+
+import torch
+from mmengine.logging import print_log
+from torch import Tensor
+
+from .extension import load_extension
+
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_reported = set()
+_forced: Optional[str] = None
+
+
+@contextlib.contextmanager
+def force_backend(name: Optional[str]) -> Iterator[None]:
+    """Use ``'torch'`` (pure PyTorch) or ``None`` (automatic) inside the block."""
+    global _forced
+    if name not in (None, 'torch'):
+        raise ValueError(f"backend must be None or 'torch', but got {name!r}")
+    previous, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def _tracing() -> bool:
+    # torch.compile / torch.export, TorchScript tracing and ONNX export see
+    # the pure-PyTorch ops; an opaque extension call would end the graph.
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export())
+
+
+def fused_backend(weight: Tensor) -> Optional[str]:
+    """``'cpp'``, ``'triton'`` or ``None`` (pure PyTorch) for this weight."""
+    if _forced == 'torch' or _tracing() or weight.dtype not in _FUSED_DTYPES:
+        return None
+    device = weight.device.type
+    if os.environ.get('MMDOCONV_COMPOSE', '').lower() == 'torch':
+        backend, why = None, 'MMDOCONV_COMPOSE=torch'
+    elif device == 'cpu':
+        module, why = load_extension()
+        backend = 'cpp' if module is not None else None
+    elif device == 'cuda':
+        from .triton_compose import triton_available
+        why = triton_available()
+        backend = 'triton' if not why else None
+    else:
+        backend, why = None, f'no fused kernel for device {device!r}'
+    if device not in _reported:
+        _reported.add(device)
+        if backend is None:
+            print_log(f'DO-Conv composition on {device}: pure PyTorch ({why})',
+                      logger='current')
+        else:
+            print_log(f'DO-Conv composition on {device}: fused ({backend})',
+                      logger='current')
+    return backend
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half-precision parameters compose in float32 and round once at the end.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class FusedCompose(torch.autograd.Function):
+    """``W' = D^T o W`` with one read of W and one write of W' per pass.
+
+    Shapes: ``weight (C_out, C_in/groups, D_mul)``, ``d_full (C_in, M*N,
+    D_mul)``; returns ``(C_out, C_in/groups, M*N)``.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, d_full: Tensor, groups: int,
+                backend: str) -> Tensor:
+        ctx.save_for_backward(weight, d_full)
+        ctx.groups, ctx.backend = groups, backend
+        dtype = _compute_dtype(weight.dtype)
+        out = _ops(backend).compose_forward(
+            weight.to(dtype), d_full.to(dtype), groups)
+        return out.to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        weight, d_full = ctx.saved_tensors
+        need_weight, need_d = ctx.needs_input_grad[:2]
+        dtype = _compute_dtype(weight.dtype)
+        grad_weight, grad_d = _ops(ctx.backend).compose_backward(
+            grad.to(dtype), weight.to(dtype), d_full.to(dtype), ctx.groups,
+            need_weight, need_d)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        if grad_d is not None:
+            grad_d = grad_d.to(d_full.dtype)
+        return grad_weight, grad_d, None, None
+
+
+def _ops(backend: str):
+    if backend == 'cpp':
+        return load_extension()[0]
+    from . import triton_compose
+    return triton_compose
+
+
+def fused_compose(weight: Tensor, d_full: Tensor, groups: int,
+                  backend: str) -> Tensor:
+    """Apply :class:`FusedCompose` (``backend`` from :func:`fused_backend`)."""
+    return FusedCompose.apply(weight, d_full, groups, backend)

@@ -1,0 +1,199 @@
+"""The fused kernel composition (C++ on CPU, Triton on CUDA) against pure PyTorch.
+
+The pure-PyTorch composition (``_ComposeKernel``, batched GEMMs) is the
+reference: the fused paths must give the same W' and the same gradients for W
+and D over the layer tests' shape space, and the fold must stay bit-identical
+to the unfolded eval forward on the fused path.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmdoconv import DOConv2d
+from mmdoconv.cnn.compose import _ComposeKernel, compose_kernel
+from mmdoconv.ops import fused_compose as fused_module
+from mmdoconv.ops.extension import library_path, load_extension
+from mmdoconv.ops.fused_compose import (FusedCompose, force_backend,
+                                        fused_backend)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def reference(weight, d_full, groups):
+    """Pure-PyTorch W' for weight (C_out, Cg, Dm) and D (C_in, S, Dm)."""
+    out_channels, in_per_group, d_mul = weight.shape
+    positions = d_full.shape[1]
+    composed = _ComposeKernel.apply(
+        weight.reshape(groups, out_channels // groups, in_per_group, d_mul),
+        d_full.reshape(groups, in_per_group, positions, d_mul))
+    return composed.reshape(out_channels, in_per_group, positions)
+
+
+@st.composite
+def compose_cases(draw):
+    groups = draw(st.sampled_from([1, 2, 3]))
+    in_per_group = draw(st.integers(1, 20))
+    out_per_group = draw(st.integers(1, 6))
+    kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    positions = kernel[0] * kernel[1]
+    d_mul = draw(st.one_of(st.just(positions),
+                           st.integers(positions, 2 * positions + 3)))
+    return dict(groups=groups, in_per_group=in_per_group,
+                out_per_group=out_per_group, positions=positions,
+                d_mul=d_mul)
+
+
+def make_tensors(case, dtype, seed):
+    generator = torch.Generator().manual_seed(seed)
+    groups = case['groups']
+    weight = torch.randn(groups * case['out_per_group'], case['in_per_group'],
+                         case['d_mul'], dtype=dtype, generator=generator)
+    d_full = torch.randn(groups * case['in_per_group'], case['positions'],
+                         case['d_mul'], dtype=dtype, generator=generator)
+    return weight, d_full
+
+
+def test_setup_built_the_extension():
+    module, why = load_extension()
+    assert module is not None, why
+    assert fused_backend(torch.zeros(1)) == 'cpp'
+    assert os.path.exists(library_path())
+
+
+@settings(max_examples=120, deadline=None)
+@given(case=compose_cases(), dtype=st.sampled_from([torch.float32,
+                                                    torch.float64]),
+       seed=st.integers(0, 2**16))
+def test_cpp_matches_pure_pytorch(case, dtype, seed):
+    weight, d_full = make_tensors(case, dtype, seed)
+    groups = case['groups']
+    w_ref = weight.clone().requires_grad_()
+    d_ref = d_full.clone().requires_grad_()
+    expected = reference(w_ref, d_ref, groups)
+    grad = torch.randn(expected.shape, dtype=dtype,
+                       generator=torch.Generator().manual_seed(seed + 1))
+    expected.backward(grad)
+    w_fused = weight.clone().requires_grad_()
+    d_fused = d_full.clone().requires_grad_()
+    got = FusedCompose.apply(w_fused, d_fused, groups, 'cpp')
+    got.backward(grad)
+    # Sums of up to D_mul (forward, grad W) and C_out (grad D) products in
+    # another order: float32 round-off scaled by the sum length.
+    tol = dict(rtol=1e-5, atol=1e-5 * max(case['d_mul'], case['out_per_group'])) \
+        if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, expected, **tol)
+    torch.testing.assert_close(w_fused.grad, w_ref.grad, **tol)
+    torch.testing.assert_close(d_fused.grad, d_ref.grad, **tol)
+    assert w_fused.grad.is_contiguous()
+
+
+@pytest.mark.parametrize('groups,in_per_group,positions,d_mul', [
+    (1, 5, 9, 9), (3, 1, 9, 9), (2, 3, 4, 7), (1, 2, 25, 25)])
+def test_cpp_gradcheck(groups, in_per_group, positions, d_mul):
+    case = dict(groups=groups, in_per_group=in_per_group, out_per_group=3,
+                positions=positions, d_mul=d_mul)
+    weight, d_full = make_tensors(case, torch.float64, 0)
+    weight.requires_grad_()
+    d_full.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda w, d: FusedCompose.apply(w, d, groups, 'cpp'), (weight, d_full))
+
+
+def test_only_the_gradients_asked_for():
+    case = dict(groups=2, in_per_group=8, out_per_group=4, positions=9, d_mul=9)
+    weight, d_full = make_tensors(case, torch.float32, 3)
+    grad = torch.randn(8, 8, 9)
+    module = load_extension()[0]
+    both = module.compose_backward(grad, weight, d_full, 2, True, True)
+    only_w = module.compose_backward(grad, weight, d_full, 2, True, False)
+    only_d = module.compose_backward(grad, weight, d_full, 2, False, True)
+    assert only_w[1] is None and only_d[0] is None
+    torch.testing.assert_close(only_w[0], both[0], rtol=0, atol=0)
+    torch.testing.assert_close(only_d[1], both[1], rtol=0, atol=0)
+
+
+def test_bfloat16_composes_in_float32():
+    case = dict(groups=1, in_per_group=16, out_per_group=8, positions=9,
+                d_mul=9)
+    weight, d_full = make_tensors(case, torch.float32, 5)
+    weight, d_full = weight.bfloat16(), d_full.bfloat16()
+    got = FusedCompose.apply(weight, d_full, 1, 'cpp')
+    assert got.dtype == torch.bfloat16
+    expected = reference(weight.float(), d_full.float(), 1).bfloat16()
+    # One rounding of the float32 sum: identical to rounding the reference.
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('groups,d_mul', [(1, None), (4, None), (16, None),
+                                          (1, 20)])
+def test_layer_fused_equals_pure_and_fold_is_bit_identical(groups, d_mul):
+    torch.manual_seed(0)
+    layer = DOConv2d(16, 32, 3, padding=1, groups=groups, D_mul=d_mul,
+                     D_init='random')  # non-zero D - I
+    assert layer.D.abs().max() > 0.1
+    x = torch.randn(2, 16, 10, 10)
+    out = layer(x)
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in (layer.weight, layer.D)]
+    layer.zero_grad()
+    with force_backend('torch'):
+        out_pure = layer(x)
+        out_pure.square().sum().backward()
+    torch.testing.assert_close(out, out_pure, rtol=1e-5, atol=1e-5)
+    for fused_grad, param in zip(grads, (layer.weight, layer.D)):
+        torch.testing.assert_close(fused_grad, param.grad, rtol=1e-4,
+                                   atol=1e-4)
+    layer.eval()
+    with torch.no_grad():
+        assert torch.equal(layer.fold()(x), layer(x))
+
+
+def test_tracing_uses_pure_pytorch():
+    layer = DOConv2d(4, 4, 3, padding=1, D_init='random').eval()
+    x = torch.randn(1, 4, 6, 6)
+    exported = torch.export.export(layer, (x, ))
+    targets = {str(node.target) for node in exported.graph.nodes}
+    assert not any('FusedCompose' in target for target in targets)
+    torch.testing.assert_close(exported.module()(x), layer(x))
+    traced = torch.jit.trace(layer, (x, ))
+    torch.testing.assert_close(traced(x), layer(x))
+
+
+def test_choice_is_reported_once(monkeypatch):
+    messages = []
+    monkeypatch.setattr(fused_module, '_reported', set())
+    monkeypatch.setattr(fused_module, 'print_log',
+                        lambda msg, *a, **k: messages.append(msg))
+    weight = torch.randn(4, 2, 9)
+    d_full = torch.randn(2, 9, 9)
+    for _ in range(3):
+        compose_kernel(weight.reshape(4, 2, 3, 3),
+                       d_full - torch.eye(9), torch.eye(9), (3, 3), 1)
+    assert messages == ['DO-Conv composition on cpu: fused (cpp)']
+
+
+def test_environment_variable_selects_pure_pytorch():
+    code = ('import torch; from mmdoconv.ops.fused_compose import '
+            'fused_backend; print(fused_backend(torch.zeros(1)))')
+    env = dict(os.environ, MMDOCONV_COMPOSE='torch')
+    result = subprocess.run([sys.executable, '-c', code], env=env,
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == 'None'
+    assert 'pure PyTorch (MMDOCONV_COMPOSE=torch)' in result.stdout + \
+        result.stderr
+
+
+def test_triton_kernels_in_the_interpreter():
+    """The CUDA kernels' code, run by Triton's CPU interpreter."""
+    tool = os.path.join(ROOT, 'tools', 'misc', 'check_fused_compose.py')
+    env = dict(os.environ, TRITON_INTERPRET='1')
+    result = subprocess.run([sys.executable, tool, '--backend', 'triton',
+                             '--device', 'cpu'], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'all 12 cases agree' in result.stdout, result.stdout
