@@ -7,9 +7,18 @@ from runs import run_tool
 def test_benchmark_tool_writes_json(tmp_path):
     out = tmp_path / 'bench.json'
     result = run_tool('tools/analysis_tools/benchmark.py', '--shapes', '8x6', '16x5',
-                      '--repeats', '2', '--warmup', '1', '--out', str(out))
+                      '--repeats', '2', '--warmup', '1', '--profile',
+                      '--out', str(out))
     assert '| 8, 6×6 |' in result.stdout and 'machine: cpu=' in result.stdout
     assert 'compose=fused (cpp)' in result.stdout
+    # --profile: where the train step's time goes, fused and pure PyTorch.
+    sections = {part.split(' (10 steps)')[0]: part for part in
+                result.stdout.split('Profile: DO-Conv train step, ')[1:]}
+    assert len(sections) == 4
+    fused = sections['8@6x6, fused composition']
+    pure = sections['8@6x6, pure-PyTorch composition']
+    assert 'FusedComposeBackward' in fused and '_ComposeKernel' not in fused
+    assert '_ComposeKernelBackward' in pure and 'FusedCompose' not in pure
     payload = json.loads(out.read_text())
     assert set(payload) == {'machine', 'layers', 'models'}
     assert [(l['channels'], l['size']) for l in payload['layers']] == [

@@ -10,7 +10,9 @@ mark of a fresh process per variant that runs the same train steps
 (``python -m workshop.benchmark_models --peak-rss KIND VARIANT``).
 """
 import argparse
+import contextlib
 import copy
+import io
 import json
 import logging
 import os.path as osp
@@ -18,6 +20,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import warnings
 from typing import Dict, List, Optional
 
 import torch
@@ -105,11 +108,18 @@ def _build(kind: str, variants, tmp: str, device: torch.device):
     data_root = osp.join(tmp, kind) + '/'
     _write_data(kind, data_root)
     options = _options(kind, data_root)
-    runners = {variant: _runner(spec[variant], options, osp.join(tmp, variant))
-               for variant in variants}
-    first = runners[variants[0]]
-    train_batch = next(iter(first.train_dataloader))
-    val_batch = next(iter(first.val_dataloader))
+    # pycocotools prints while the datasets load and the upstream libraries
+    # warn about their own APIs; the benchmark's output is its tables and
+    # progress lines.
+    with contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        runners = {variant: _runner(spec[variant], options,
+                                    osp.join(tmp, variant))
+                   for variant in variants}
+        first = runners[variants[0]]
+        train_batch = next(iter(first.train_dataloader))
+        val_batch = next(iter(first.val_dataloader))
     models, optim_wrappers = {}, {}
     for variant, runner in runners.items():
         models[variant] = runner.model.to(device)
@@ -223,9 +233,22 @@ def _peak_rss_main(kind: str, variant: str, steps: int) -> None:
                            train_batch)
         for _ in range(steps):
             step()
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps(dict(kind=kind, variant=variant,
-                          peak_rss_mb=peak_kib / 1024)))
+                          peak_rss_mb=_peak_rss_kib() / 1024)))
+
+
+def _peak_rss_kib() -> int:
+    """This process's resident-set high-water mark (VmHWM).
+
+    Not ``getrusage().ru_maxrss``: Linux carries the parent's high-water mark
+    over fork and exec into it, so every child of a large benchmark process
+    would report the parent's peak.
+    """
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 if __name__ == '__main__':

@@ -8,12 +8,21 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.fx._symbolic_trace import is_fx_tracing
+from torch.fx import _symbolic_trace
 from torch.nn.modules.utils import _pair
 
 from .compose import compose_kernel, doconv_identity
 
 _size_2_t = Union[int, Tuple[int, int]]
+
+# torch >= 2.6 warns on is_fx_tracing() (true under FX and torch.export);
+# the caching check needs both, asked without the warning.
+_is_fx_symbolic_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing',
+                                  _symbolic_trace.is_fx_tracing)
+
+
+def _tracing() -> bool:
+    return _is_fx_symbolic_tracing() or torch.compiler.is_compiling()
 
 
 def _check_positive_pair(name: str, value: _size_2_t) -> Tuple[int, int]:
@@ -257,7 +266,7 @@ class DOConv2d(nn.Conv2d):
         if self.D is None:
             return self.weight
         if (self.training or torch.is_grad_enabled()
-                or is_fx_tracing()):  # FX: no cache key on proxies
+                or _tracing()):  # FX / export: no cache key on proxies
             return self._compose(self.weight)  # autograd needs a fresh one
         key = (self.weight._version, self.D._version, self.weight.data_ptr(),
                self.D.data_ptr(), self.weight.dtype, self.weight.device)

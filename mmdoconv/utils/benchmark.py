@@ -82,7 +82,8 @@ def _peak_memory_mb(device: torch.device) -> Optional[float]:
 def interleaved_medians(steps: Dict[str, Callable[[], None]], repeats: int,
                         warmup: int, device: torch.device
                         ) -> Dict[str, Dict[str, Optional[float]]]:
-    """Median seconds (and peak memory on CUDA) of each step, interleaved.
+    """Median seconds (and peak memory on CUDA) of each step, interleaved
+    in alternating order.
 
     Each result also keeps its per-round ``samples``: round ``i`` of every
     step ran back to back, so ``samples[i]`` ratios between two steps are
@@ -94,8 +95,13 @@ def interleaved_medians(steps: Dict[str, Callable[[], None]], repeats: int,
     _sync(device)
     times: Dict[str, List[float]] = {name: [] for name in steps}
     peaks: Dict[str, Optional[float]] = {}
-    for _ in range(repeats):
-        for name, step in steps.items():
+    names = list(steps)
+    for round_index in range(repeats):
+        # A B C, C B A, ...: no variant always runs first (after the
+        # previous round's last step freed its memory) or last.
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            step = steps[name]
             if device.type == 'cuda':
                 torch.cuda.reset_peak_memory_stats(device)
             _sync(device)
@@ -181,6 +187,42 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
         {n: eval_step(l) for n, l in layers.items() if n != 'doconv_torch'},
         repeats, warmup, device)
     return result
+
+
+def profile_layer(channels: int, size: int, batch: int = 8,
+                  device: str = 'cpu', steps: int = 10,
+                  rows: int = 8) -> Dict[str, str]:
+    """``torch.profiler`` tables (self time, top ``rows`` ops) of the DO-Conv
+    train step with the fused and with the pure-PyTorch composition."""
+    from torch.profiler import ProfilerActivity, profile
+    device = torch.device(device)
+    layers = _layers(channels, device)
+    x = torch.randn(batch, channels, size, size, device=device)
+    grad = torch.randn(batch, channels, size, size, device=device)
+    activities = [ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(ProfilerActivity.CUDA)
+    tables = {}
+    for name, backend in (('doconv', None), ('doconv_torch', 'torch')):
+        layer = layers[name].train()
+
+        def step() -> None:
+            layer.zero_grad(set_to_none=True)
+            with force_backend(backend):
+                layer(x).backward(grad)
+
+        for _ in range(3):
+            step()
+        _sync(device)
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+            _sync(device)
+        sort_by = 'self_cuda_time_total' if device.type == 'cuda' \
+            else 'self_cpu_time_total'
+        tables[name] = prof.key_averages().table(
+            sort_by=sort_by, row_limit=rows, max_name_column_width=32)
+    return tables
 
 
 def layer_table(results: Sequence[LayerResult]) -> str:

@@ -3,6 +3,7 @@
     python tools/analysis_tools/benchmark.py                      # layer level, 4 shapes
     python tools/analysis_tools/benchmark.py --shapes 256x14 --repeats 20
     python tools/analysis_tools/benchmark.py --models det seg cls # + model level
+    python tools/analysis_tools/benchmark.py --shapes 512x7 --profile  # + torch.profiler
 
 Variants are interleaved (A B A B ...) and each time is the median after
 warm-up.  Prints markdown tables and the machine; writes JSON (--out).
@@ -14,8 +15,9 @@ import sys
 import torch
 
 import mmdoconv  # noqa: F401
-from mmdoconv.utils.benchmark import (LAYER_SHAPES, benchmark_layer, layer_table,
-                                machine_info, write_json)
+from mmdoconv.utils.benchmark import (LAYER_SHAPES, benchmark_layer,
+                                      layer_table, machine_info,
+                                      profile_layer, write_json)
 from mmdoconv.utils.cli import BadInputError, cli_main
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
@@ -50,6 +52,10 @@ def main() -> None:
                         else 'cpu')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--profile', action='store_true',
+                        help='also print torch.profiler tables of the DO-Conv '
+                        'train step (fused and pure-PyTorch composition) at '
+                        'each shape')
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     args = parser.parse_args()
     for name in ('batch', 'repeats', 'model_repeats', 'threads'):
@@ -72,6 +78,13 @@ def main() -> None:
     print('\nLayer level (3x3, stride 1, batch %d, median of %d):\n'
           % (args.batch, args.repeats))
     print(layer_table(layers))
+    if args.profile:
+        for channels, size in args.shapes:
+            tables = profile_layer(channels, size, args.batch, args.device)
+            for name, title in (('doconv', 'fused composition'),
+                                ('doconv_torch', 'pure-PyTorch composition')):
+                print(f'\nProfile: DO-Conv train step, {channels}@{size}x'
+                      f'{size}, {title} (10 steps):\n{tables[name]}')
     payload = dict(machine=machine, layers=layers, models=[])
     if args.models:
         sys.path.insert(0, ROOT)  # workshop/ of the checkout
