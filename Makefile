@@ -15,4 +15,4 @@ demo: $(STAMP)
 	$(PYTHON) tools/demo.py $(DEMO_ARGS)
 
 test: $(STAMP)
-	$(PYTHON) -m pytest tests -n 2 --dist load
+	$(PYTHON) -m pytest tests
