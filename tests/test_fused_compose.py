@@ -1,6 +1,6 @@
 """The fused kernel composition (C++ on CPU, Triton on CUDA) against pure PyTorch.
 
-The pure-PyTorch composition (``_ComposeKernel``, batched GEMMs) is the
+The pure-PyTorch composition (``compose_grouped``, batched GEMMs) is the
 reference: the fused paths must give the same W' and the same gradients for W
 and D over the layer tests' shape space, and the fold must stay bit-identical
 to the unfolded eval forward on the fused path.
@@ -15,23 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmdoconv import DOConv2d
-from mmdoconv.cnn.compose import _ComposeKernel, compose_kernel
+from mmdoconv.cnn.compose import compose_grouped as reference
+from mmdoconv.cnn.compose import compose_kernel
 from mmdoconv.ops import fused_compose as fused_module
 from mmdoconv.ops.extension import library_path, load_extension
 from mmdoconv.ops.fused_compose import (FusedCompose, force_backend,
                                         fused_backend)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def reference(weight, d_full, groups):
-    """Pure-PyTorch W' for weight (C_out, Cg, Dm) and D (C_in, S, Dm)."""
-    out_channels, in_per_group, d_mul = weight.shape
-    positions = d_full.shape[1]
-    composed = _ComposeKernel.apply(
-        weight.reshape(groups, out_channels // groups, in_per_group, d_mul),
-        d_full.reshape(groups, in_per_group, positions, d_mul))
-    return composed.reshape(out_channels, in_per_group, positions)
 
 
 @st.composite
@@ -197,3 +188,14 @@ def test_triton_kernels_in_the_interpreter():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert 'all 12 cases agree' in result.stdout, result.stdout
+
+
+def test_unknown_environment_choice_is_an_error():
+    code = ('import torch; from mmdoconv.ops.fused_compose import '
+            'fused_backend; fused_backend(torch.zeros(1))')
+    env = dict(os.environ, MMDOCONV_COMPOSE='fastest')
+    result = subprocess.run([sys.executable, '-c', code], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "MMDOCONV_COMPOSE must be 'auto' or 'torch', but got 'fastest'" \
+        in result.stderr

@@ -97,6 +97,27 @@ class _ComposeKernel(torch.autograd.Function):
         return grad_weight, grad_d
 
 
+def compose_grouped(weight: Tensor, d_full: Tensor, groups: int) -> Tensor:
+    """The pure-PyTorch composition in the fused kernels' layout.
+
+    Args:
+        weight: ``W``, shape ``(C_out, C_in/groups, D_mul)``.
+        d_full: ``D`` (identity included), shape ``(C_in, M*N, D_mul)``.
+        groups: Number of conv groups.
+
+    Returns:
+        ``W'``, shape ``(C_out, C_in/groups, M*N)``; the reference the fused
+        kernels (:mod:`mmdoconv.ops`) are tested against.
+    """
+    out_channels, in_per_group, d_mul = weight.shape
+    # Split both kernels by group so each output channel meets exactly the D
+    # matrices of the input channels it reads.
+    composed = _ComposeKernel.apply(
+        weight.reshape(groups, out_channels // groups, in_per_group, d_mul),
+        d_full.reshape(groups, in_per_group, d_full.shape[1], d_mul))
+    return composed.reshape(out_channels, in_per_group, -1)
+
+
 def compose_kernel(weight: Tensor, d_minus_identity: Tensor,
                    identity: Tensor, kernel_size: Tuple[int, int],
                    groups: int) -> Tensor:
@@ -125,18 +146,10 @@ def compose_kernel(weight: Tensor, d_minus_identity: Tensor,
     # materialising it is cheaper than adding D's product to W.
     d_full = d_minus_identity + identity  # broadcast over input channels
     d_mul = d_full.shape[-1]
+    weight_rows = weight.reshape(out_channels, in_per_group, d_mul)
     backend = fused_backend(weight)
     if backend is not None:
-        composed = fused_compose(
-            weight.reshape(out_channels, in_per_group, d_mul), d_full, groups,
-            backend)
-        return composed.reshape(out_channels, in_per_group, kernel_h,
-                                kernel_w)
-    # Split both kernels by group so each output channel meets exactly the D
-    # matrices of the input channels it reads.
-    d_grouped = d_full.reshape(groups, in_per_group, kernel_h * kernel_w,
-                               d_mul)
-    w_grouped = weight.reshape(groups, out_channels // groups, in_per_group,
-                               d_mul)
-    composed = _ComposeKernel.apply(w_grouped, d_grouped)
+        composed = fused_compose(weight_rows, d_full, groups, backend)
+    else:
+        composed = compose_grouped(weight_rows, d_full, groups)
     return composed.reshape(out_channels, in_per_group, kernel_h, kernel_w)

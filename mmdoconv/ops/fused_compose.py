@@ -21,6 +21,8 @@ from torch import Tensor
 from .extension import load_extension
 
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# Read once: fused_backend runs on every training forward of every layer.
+_ENV_CHOICE = os.environ.get('MMDOCONV_COMPOSE', '').lower()
 _reported = set()
 _forced: Optional[str] = None
 
@@ -50,7 +52,10 @@ def fused_backend(weight: Tensor) -> Optional[str]:
     if _forced == 'torch' or _tracing() or weight.dtype not in _FUSED_DTYPES:
         return None
     device = weight.device.type
-    if os.environ.get('MMDOCONV_COMPOSE', '').lower() == 'torch':
+    if _ENV_CHOICE not in ('', 'auto', 'torch'):
+        raise ValueError("MMDOCONV_COMPOSE must be 'auto' or 'torch', but "
+                         f'got {_ENV_CHOICE!r}')
+    if _ENV_CHOICE == 'torch':
         backend, why = None, 'MMDOCONV_COMPOSE=torch'
     elif device == 'cpu':
         module, why = load_extension()

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 
-from mmdoconv.cnn.compose import _ComposeKernel  # noqa: E402
+from mmdoconv.cnn.compose import compose_grouped  # noqa: E402
 from mmdoconv.ops.fused_compose import FusedCompose  # noqa: E402
 from mmdoconv.utils.cli import BadInputError, cli_main  # noqa: E402
 
@@ -24,14 +24,6 @@ from mmdoconv.utils.cli import BadInputError, cli_main  # noqa: E402
 SHAPES = [(64, 48, 1, 9, 9), (32, 32, 32, 9, 9), (24, 16, 4, 9, 20),
           (8, 6, 2, 3, 3), (6, 3, 1, 49, 49), (40, 20, 1, 25, 25)]
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}
-
-
-def reference(weight, d_full, groups):
-    out_channels, in_per_group, d_mul = weight.shape
-    composed = _ComposeKernel.apply(
-        weight.reshape(groups, out_channels // groups, in_per_group, d_mul),
-        d_full.reshape(groups, in_per_group, d_full.shape[1], d_mul))
-    return composed.reshape(out_channels, in_per_group, -1)
 
 
 def run_case(shape, dtype, backend, device):
@@ -46,7 +38,7 @@ def run_case(shape, dtype, backend, device):
         w = weight.clone().requires_grad_()
         d = d_full.clone().requires_grad_()
         out = FusedCompose.apply(w, d, groups, backend) if fused \
-            else reference(w, d, groups)
+            else compose_grouped(w, d, groups)
         out.backward(torch.ones_like(out) + out.detach())
         results.append((out.detach(), w.grad, d.grad))
     errors = []
