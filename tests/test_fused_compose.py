@@ -188,6 +188,7 @@ def test_triton_kernels_in_the_interpreter():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert 'all 12 cases agree' in result.stdout, result.stdout
+    assert 'layer self-check: passed' in result.stdout
 
 
 def test_unknown_environment_choice_is_an_error():
@@ -199,3 +200,17 @@ def test_unknown_environment_choice_is_an_error():
     assert result.returncode != 0
     assert "MMDOCONV_COMPOSE must be 'auto' or 'torch', but got 'fastest'" \
         in result.stderr
+
+
+def test_triton_self_check_turns_a_failing_kernel_into_the_pure_path(
+        monkeypatch):
+    from mmdoconv.ops import triton_compose
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('PTX assembly failed')
+
+    monkeypatch.setattr(fused_module, '_self_checks', {})
+    monkeypatch.setattr(triton_compose, 'compose_forward', broken)
+    why = fused_module.triton_self_check(torch.device('cpu'))
+    assert why == ('the Triton kernels fail here: RuntimeError: PTX assembly '
+                   'failed')

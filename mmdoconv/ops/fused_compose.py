@@ -62,7 +62,7 @@ def fused_backend(weight: Tensor) -> Optional[str]:
         backend = 'cpp' if module is not None else None
     elif device == 'cuda':
         from .triton_compose import triton_available
-        why = triton_available()
+        why = triton_available() or triton_self_check(weight.device)
         backend = 'triton' if not why else None
     else:
         backend, why = None, f'no fused kernel for device {device!r}'
@@ -75,6 +75,44 @@ def fused_backend(weight: Tensor) -> Optional[str]:
             print_log(f'DO-Conv composition on {device}: fused ({backend})',
                       logger='current')
     return backend
+
+
+_self_checks = {}
+
+
+def triton_self_check(device: torch.device) -> str:
+    """``''`` when the Triton kernels compile, run and agree with the pure
+    composition on ``device`` (checked once per device), else the reason.
+
+    The CUDA path is the one a CPU test suite cannot run; a GPU whose Triton
+    cannot compile these kernels then trains on the pure path instead of
+    failing mid-run.
+    """
+    key = str(device)
+    if key not in _self_checks:
+        from ..cnn.compose import compose_grouped
+        from . import triton_compose
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(12, 5, 9, generator=generator).to(device)
+        d_full = torch.randn(10, 9, 9, generator=generator).to(device)
+        try:
+            got = triton_compose.compose_forward(weight, d_full, 2)
+            grads = triton_compose.compose_backward(
+                torch.ones_like(got), weight, d_full, 2, True, True)
+        except Exception as error:  # compile or launch failure
+            _self_checks[key] = (f'the Triton kernels fail here: '
+                                 f'{type(error).__name__}: {error}')
+        else:
+            w = weight.clone().requires_grad_()
+            d = d_full.clone().requires_grad_()
+            expected = compose_grouped(w, d, 2)
+            expected.sum().backward()
+            agree = all(torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+                        for a, b in ((got, expected), (grads[0], w.grad),
+                                     (grads[1], d.grad)))
+            _self_checks[key] = '' if agree else (
+                'the Triton kernels disagree with the pure composition here')
+    return _self_checks[key]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

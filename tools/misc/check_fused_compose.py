@@ -72,6 +72,11 @@ def main() -> None:
             raise BadInputError(f'--backend cpp: {why}')
     print(f'backend={args.backend} device={device} '
           f'({torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"})')
+    if args.backend == 'triton':
+        # What the layer runs before it first uses Triton on a device.
+        from mmdoconv.ops.fused_compose import triton_self_check
+        why = triton_self_check(device)
+        print(f'layer self-check: {"passed" if not why else why}')
     print('| C_out, C_in, groups, M*N, D_mul | dtype | W\' | grad W | grad D |')
     print('|---|---|---|---|---|')
     failed = 0
