@@ -1,7 +1,9 @@
 """The end-to-end demo behind ``make demo`` (see tools/misc/demo.py).
 
-Everything runs through the project's own configs and tools, in subprocesses
-so that mmengine's iteration log streams underneath the phase lines.  Model
+Everything runs through the project's own configs and tools, each in its own
+process (forked from one warm :class:`~workshop.tool_server.ToolServer`, so
+the imports are paid once) so that mmengine's iteration log streams
+underneath the phase lines.  Model
 and input sizes are reduced through ``--cfg-options`` (printed at the start)
 so the whole demo fits in about 10 minutes on a 2-core CPU.
 """
@@ -9,13 +11,13 @@ import os
 import os.path as osp
 import re
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from .recipes import detection_options, segmentation_options
+from .tool_server import ToolServer
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Lines of the tools' output shown under the phase lines.
@@ -46,18 +48,11 @@ def detection(data_dir: str, quick: bool) -> DemoModel:
     # gradient.
     options = detection_options(root, train_images=4 if quick else None,
                                 val_images=2 if quick else None,
-                                scale=(320, 256), epochs=epochs)
+                                scale=(320, 256), epochs=epochs,
+                                light_heads=True)
     options.update({
         'model.backbone.depth': 18,
         'model.neck.in_channels': [64, 128, 256, 512],
-        # The RoI stage dominates a CPU step: sample and keep fewer boxes.
-        'model.roi_head.bbox_head.fc_out_channels': 256,
-        'model.train_cfg.rpn.sampler.num': 64,
-        'model.train_cfg.rpn_proposal.nms_pre': 600,
-        'model.train_cfg.rpn_proposal.max_per_img': 300,
-        'model.train_cfg.rcnn.sampler.num': 128,
-        'model.test_cfg.rpn.nms_pre': 600,
-        'model.test_cfg.rpn.max_per_img': 300,
         'train_dataloader.batch_size': 2 if quick else 4,
         'train_cfg.val_interval': epochs,
         'param_scheduler.0.end': 20,
@@ -123,41 +118,47 @@ class Progress:
         print(f'[demo {elapsed:6.1f}s] {message}', flush=True)
 
 
-def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """Terminate a child tool, and kill it if it does not stop in time."""
-    process.terminate()
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def run(args: List[str], log_path: str, echo: bool = True) -> str:
-    """Run a tool, stream its output (indented) and keep it in log_path."""
+def run(args: List[str], log_path: str, server: ToolServer,
+        echo: bool = True) -> str:
+    """Run a tool in a child of ``server``, stream its output (indented) and
+    keep it in log_path.  Stopping the demo (SIGTERM, Ctrl-C) kills the tool.
+    """
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
                os.environ.get('PYTHONPATH', ''))
     os.makedirs(osp.dirname(log_path), exist_ok=True)
     lines = []
-    with subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as process, open(log_path, 'w') as log:
+    with tempfile.TemporaryDirectory() as folder:
+        fifo = osp.join(folder, 'output')
+        os.mkfifo(fifo)
+        server.start(args, cwd=ROOT, env=env, stdout=fifo, stderr=fifo)
         try:
-            for line in process.stdout:
-                log.write(line)
-                lines.append(line)
-                if echo and _SHOWN.search(line):
-                    # mmengine's message without its date and logger prefix.
-                    print('    ' + line.rstrip().split(' - INFO - ')[-1],
-                          flush=True)
+            with open(fifo, errors='replace') as output, \
+                    open(log_path, 'w') as log:
+                for line in output:
+                    log.write(line)
+                    lines.append(line)
+                    if echo and _SHOWN.search(line):
+                        # mmengine's message without its date and logger
+                        # prefix.
+                        print('    ' + line.rstrip().split(' - INFO - ')[-1],
+                              flush=True)
         except BaseException:  # stopped (SIGTERM, Ctrl-C): stop the tool too
-            _stop(process)
+            server.kill_child()
             raise
-    if process.returncode:
+        returncode = server.wait()
+    if returncode:
         tail = ''.join(lines[-40:])
         raise RuntimeError(f'{" ".join(args[:2])} failed (log: {log_path}):'
                            f'\n{tail}')
     return ''.join(lines)
+
+
+def tool_server() -> ToolServer:
+    """A :class:`ToolServer` for the demo's tools: their imports (8-10 s
+    each on a 2-core machine) are paid once."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
+               os.environ.get('PYTHONPATH', ''))
+    return ToolServer(cwd=ROOT, env=env)
 
 
 def metric_from_log(text: str, metric: str) -> Optional[float]:

@@ -18,11 +18,15 @@ def without_workers(options: Dict) -> Dict:
 
 def detection_options(coco_root: str, train_images: Optional[int] = 4,
                       val_images: Optional[int] = 4, scale=(320, 256),
-                      epochs: int = 1) -> Dict:
+                      epochs: int = 1, light_heads: bool = False) -> Dict:
     """cfg-options that run mmdet's Faster R-CNN configs on the synthetic
     COCO set with small images, ``epochs`` epochs and no pretrained download.
 
-    ``train_images`` / ``val_images`` limit the sets (None: all of them).
+    Args:
+        train_images: Limit of the train set (None: all of it).
+        val_images: Limit of the val/test sets (None: all of them).
+        light_heads: Sample, keep and classify fewer boxes
+            (:func:`light_detection_heads`).
     """
     root = coco_root.rstrip('/') + '/'
     options = {
@@ -47,7 +51,28 @@ def detection_options(coco_root: str, train_images: Optional[int] = 4,
             f'{split}_evaluator.ann_file':
             root + 'annotations/instances_val2017.json',
         })
+    if light_heads:
+        options.update(light_detection_heads())
     return without_workers(options)
+
+
+def light_detection_heads() -> Dict:
+    """cfg-options for a Faster R-CNN whose RPN and RoI stage do less work.
+
+    On a CPU the RoI stage dominates a small run: RoIAlign over 1000
+    proposals per image and a 12544 x 1024 FC layer cost more than the
+    backbone.  Fewer sampled and kept boxes and a 256-wide FC change no conv
+    (DO-Conv layers, counts and folding are those of the full model).
+    """
+    return {
+        'model.roi_head.bbox_head.fc_out_channels': 256,
+        'model.train_cfg.rpn.sampler.num': 64,
+        'model.train_cfg.rpn_proposal.nms_pre': 600,
+        'model.train_cfg.rpn_proposal.max_per_img': 300,
+        'model.train_cfg.rcnn.sampler.num': 128,
+        'model.test_cfg.rpn.nms_pre': 600,
+        'model.test_cfg.rpn.max_per_img': 300,
+    }
 
 
 def segmentation_options(dataset: str, root: str, crop=(64, 128),

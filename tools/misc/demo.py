@@ -12,6 +12,7 @@ training-loss curves (paper Fig. 5) and kernel-change maps (Fig. 6), (6)
 one results table.  --quick runs a few iterations on tiny inputs (tests).
 """
 import argparse
+import functools
 import json
 import os
 import os.path as osp
@@ -25,7 +26,7 @@ from mmdoconv.utils.cli import cli_main
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 from workshop.demo import (Progress, count_parameters,  # noqa: E402
                            detection, first_val_image, metric_from_log, run,
-                           segmentation, train_step_seconds)
+                           segmentation, tool_server, train_step_seconds)
 from workshop.plotting import plot_curves  # noqa: E402
 from workshop.recipes import as_cli as cfg_options  # noqa: E402
 from workshop.synthetic import DEFAULT_ROOTS, write_datasets  # noqa: E402
@@ -48,8 +49,16 @@ def main() -> None:
             f'{work_dir!r} holds an earlier demo; pass --overwrite (make demo '
             'DEMO_ARGS=--overwrite) to replace it, or choose another '
             '--work-dir')
-    overwrite = ['--overwrite'] if args.overwrite else []
     progress = Progress()
+    with tool_server() as server:
+        run_demo(args, work_dir, data_dir, progress,
+                 functools.partial(run, server=server))
+
+
+def run_demo(args, work_dir: str, data_dir: str, progress: Progress,
+             run) -> None:
+    """The six phases; ``run(args, log_path)`` runs one tool."""
+    overwrite = ['--overwrite'] if args.overwrite else []
 
     # 1. Data.
     missing = [name for name in ('coco', 'cityscapes') if not osp.isdir(
