@@ -32,10 +32,7 @@ def test_benchmark_tool_writes_json(tmp_path):
 
 
 def test_benchmark_rejects_bad_shape(tmp_path):
-    import subprocess
-    import sys
-    from runs import ROOT
-    result = subprocess.run(
-        [sys.executable, 'tools/analysis_tools/benchmark.py', '--shapes', '64by7'], cwd=ROOT,
-        capture_output=True, text=True)
+    from runs import run_python
+    result = run_python('tools/analysis_tools/benchmark.py', '--shapes',
+                        '64by7', check=False)
     assert result.returncode == 2 and "got '64by7'" in result.stderr

@@ -2,9 +2,8 @@
 tools/analysis_tools/doconv_census.py @workshop/census_zoo.txt does that)."""
 import json
 import os.path as osp
-import subprocess
-import sys
 
+from runs import run_python
 from workshop.census import census_of, markdown_table, short_name
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -29,10 +28,9 @@ EXPECTED = {
 
 def test_census_of_five_upstream_configs(tmp_path):
     out = tmp_path / 'census.json'
-    result = subprocess.run(
-        [sys.executable, 'tools/analysis_tools/doconv_census.py', *EXPECTED,
-         '--out', str(out), '--markdown', str(tmp_path / 'census.md')],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    result = run_python(
+        'tools/analysis_tools/doconv_census.py', *EXPECTED, '--out', str(out),
+        '--markdown', str(tmp_path / 'census.md'), timeout=1200, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {short_name(row['config']): row
             for row in json.loads(out.read_text())}

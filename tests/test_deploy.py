@@ -1,7 +1,6 @@
 """Deploy path: fold_checkpoint.py, plain configs, test.py --deploy, ONNX."""
 import os.path as osp
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,6 +13,8 @@ from mmdoconv.deploy import plain_config
 from mmdoconv.utils.cli import build_model
 from mmdoconv.deploy.export import (TensorGraph, export_onnx, max_abs_difference,
                              node_histogram)
+
+from runs import run_python  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -88,9 +89,10 @@ def _perturb(model, seed=0):
                 module.running_var.uniform_(0.5, 1.5, generator=generator)
 
 
-def _python(*args, **kwargs):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, check=True,
-                          capture_output=True, text=True, **kwargs)
+def _python(*args):
+    """``python args...``; ``-c`` code (the stock-library script) always in a
+    fresh interpreter that has never imported mmdoconv."""
+    return run_python(*args)
 
 
 # The switch on a detector whose head builds nn.Conv2d directly.
