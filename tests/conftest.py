@@ -23,3 +23,22 @@ def synthetic_data(tmp_path_factory):
         voc=dict(num_train=4, num_val=2, num_aug=2, size=(128, 160)),
         imagenet=dict(num_train=12, num_val=6, size=48))
     return roots
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_process_state():
+    """Undo what a test's Runner sets process-wide.
+
+    mmengine's ``randomness=dict(deterministic=True)`` turns on
+    ``torch.use_deterministic_algorithms`` for the rest of the process; with
+    it every ``torch.empty`` fills its memory (NaN), which made the in-process
+    trainings of later tests up to twice as slow.
+    """
+    import torch
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
