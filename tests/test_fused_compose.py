@@ -21,6 +21,7 @@ from mmdoconv.ops import fused_compose as fused_module
 from mmdoconv.ops.extension import library_path, load_extension
 from mmdoconv.ops.fused_compose import (FusedCompose, force_backend,
                                         fused_backend)
+from runs import run_python, tool_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,12 +169,19 @@ def test_choice_is_reported_once(monkeypatch):
     assert messages == ['DO-Conv composition on cpu: fused (cpp)']
 
 
-def test_environment_variable_selects_pure_pytorch():
-    code = ('import torch; from mmdoconv.ops.fused_compose import '
-            'fused_backend; print(fused_backend(torch.zeros(1)))')
-    env = dict(os.environ, MMDOCONV_COMPOSE='torch')
-    result = subprocess.run([sys.executable, '-c', code], env=env,
-                            capture_output=True, text=True, check=True)
+def _backend_script(tmp_path, code):
+    """A script run in a new process (forked from the tests' tool server,
+    which never imports mmdoconv, so the variable is read as in a fresh
+    interpreter)."""
+    script = tmp_path / 'backend.py'
+    script.write_text('import torch\nfrom mmdoconv.ops.fused_compose import '
+                      f'fused_backend\n{code}\n')
+    return str(script)
+
+
+def test_environment_variable_selects_pure_pytorch(tmp_path):
+    script = _backend_script(tmp_path, 'print(fused_backend(torch.zeros(1)))')
+    result = run_python(script, env=tool_env(MMDOCONV_COMPOSE='torch'))
     assert result.stdout.strip().splitlines()[-1] == 'None'
     assert 'pure PyTorch (MMDOCONV_COMPOSE=torch)' in result.stdout + \
         result.stderr
@@ -191,12 +199,10 @@ def test_triton_kernels_in_the_interpreter():
     assert 'layer self-check: passed' in result.stdout
 
 
-def test_unknown_environment_choice_is_an_error():
-    code = ('import torch; from mmdoconv.ops.fused_compose import '
-            'fused_backend; fused_backend(torch.zeros(1))')
-    env = dict(os.environ, MMDOCONV_COMPOSE='fastest')
-    result = subprocess.run([sys.executable, '-c', code], env=env,
-                            capture_output=True, text=True)
+def test_unknown_environment_choice_is_an_error(tmp_path):
+    script = _backend_script(tmp_path, 'fused_backend(torch.zeros(1))')
+    result = run_python(script, env=tool_env(MMDOCONV_COMPOSE='fastest'),
+                        check=False)
     assert result.returncode != 0
     assert "MMDOCONV_COMPOSE must be 'auto' or 'torch', but got 'fastest'" \
         in result.stderr
