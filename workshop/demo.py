@@ -123,8 +123,7 @@ def run(args: List[str], log_path: str, server: ToolServer,
     """Run a tool in a child of ``server``, stream its output (indented) and
     keep it in log_path.  Stopping the demo (SIGTERM, Ctrl-C) kills the tool.
     """
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
-               os.environ.get('PYTHONPATH', ''))
+    env = _tool_env()
     os.makedirs(osp.dirname(log_path), exist_ok=True)
     lines = []
     with tempfile.TemporaryDirectory() as folder:
@@ -156,9 +155,13 @@ def run(args: List[str], log_path: str, server: ToolServer,
 def tool_server() -> ToolServer:
     """A :class:`ToolServer` for the demo's tools: their imports (8-10 s
     each on a 2-core machine) are paid once."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
-               os.environ.get('PYTHONPATH', ''))
-    return ToolServer(cwd=ROOT, env=env)
+    return ToolServer(cwd=ROOT, env=_tool_env())
+
+
+def _tool_env() -> Dict[str, str]:
+    """The environment the tools run with: the repository importable."""
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
+                os.environ.get('PYTHONPATH', ''))
 
 
 def metric_from_log(text: str, metric: str) -> Optional[float]:

@@ -56,8 +56,8 @@ def main() -> None:
 
 
 def run_demo(args, work_dir: str, data_dir: str, progress: Progress,
-             run) -> None:
-    """The six phases; ``run(args, log_path)`` runs one tool."""
+             run_tool) -> None:
+    """The six phases; ``run_tool(args, log_path)`` runs one tool."""
     overwrite = ['--overwrite'] if args.overwrite else []
 
     # 1. Data.
@@ -81,7 +81,7 @@ def run_demo(args, work_dir: str, data_dir: str, progress: Progress,
             config = getattr(model, variant)
             run_dir = osp.join(work_dir, model.key, variant)
             progress(f'2/6 training {model.label} {variant} ({config})')
-            run(['tools/train.py', config, '--work-dir', run_dir, *overwrite,
+            run_tool(['tools/train.py', config, '--work-dir', run_dir, *overwrite,
                  *cfg_options(model.options)],
                 osp.join(run_dir, 'demo_train.log'))
             runs[variant] = run_dir
@@ -89,12 +89,12 @@ def run_demo(args, work_dir: str, data_dir: str, progress: Progress,
             runs['doconv'], 'last_checkpoint')).read().strip())
         # 3. Evaluate unfolded, then folded (tools/test.py --deploy).
         progress(f'3/6 evaluating {model.label} DO-Conv unfolded and folded')
-        unfolded_log = run(
+        unfolded_log = run_tool(
             ['tools/test.py', model.doconv, checkpoint, '--work-dir',
              osp.join(runs['doconv'], 'test_unfolded'),
              *cfg_options(model.options)],
             osp.join(runs['doconv'], 'demo_test_unfolded.log'))
-        folded_log = run(
+        folded_log = run_tool(
             ['tools/test.py', model.doconv, checkpoint, '--deploy',
              '--work-dir', osp.join(runs['doconv'], 'test_folded'),
              *cfg_options(model.options)],
@@ -112,7 +112,7 @@ def run_demo(args, work_dir: str, data_dir: str, progress: Progress,
         # 4. ONNX.
         progress(f'4/6 exporting the folded {model.label} to ONNX')
         onnx_path = osp.join(runs['doconv'], f'{model.key}_folded.onnx')
-        export_log = run(
+        export_log = run_tool(
             ['tools/deployment/export_onnx.py', model.doconv, checkpoint, onnx_path,
              *overwrite,
              '--image', first_val_image(data_dir, model.key), '--shape',
@@ -127,7 +127,7 @@ def run_demo(args, work_dir: str, data_dir: str, progress: Progress,
             labels=['baseline', 'DO-Conv (task stage)'],
             title=f'{model.label}: training loss (paper Fig. 5)')
         kernels = osp.join(work_dir, f'{model.key}_kernel_maps.png')
-        run(['tools/analysis_tools/visualize_kernels.py', model.doconv, checkpoint, kernels,
+        run_tool(['tools/analysis_tools/visualize_kernels.py', model.doconv, checkpoint, kernels,
              '--prefix', model.kernel_prefix, *cfg_options(model.options)],
             osp.join(runs['doconv'], 'demo_kernels.log'), echo=False)
         rows.append(dict(
