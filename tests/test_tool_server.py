@@ -1,7 +1,9 @@
 """The warm tool server the tests and the demo run tools from: a child must
 behave as ``python script.py ...`` in a fresh interpreter would."""
+import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -20,7 +22,6 @@ sys.exit(int(sys.argv[1]))
 
 
 def test_child_runs_the_script_as_main(tmp_path):
-    import json
     script = tmp_path / 'probe.py'
     script.write_text(SCRIPT)
     result = run_python(str(script), '3', 'x y',
@@ -71,3 +72,21 @@ def test_variables_read_at_import_need_a_fresh_interpreter(tmp_path):
     script = tmp_path / 'threads.py'
     script.write_text('import torch\nprint(torch.get_num_threads())\n')
     assert run_python(str(script), env=env).stdout == '1\n'
+
+
+def test_two_replies_in_one_read_are_both_seen():
+    """A child that exits at once: its pid and exit status can reach the
+    caller in one read; the second reply must not wait for more data."""
+    from workshop.tool_server import ToolServer
+    server = ToolServer.__new__(ToolServer)
+    read_fd, write_fd = os.pipe()
+    server._replies, server._pending = read_fd, b''
+    os.write(write_fd, (json.dumps(dict(pid=1)) + '\n' +
+                        json.dumps(dict(returncode=3)) + '\n').encode())
+    try:
+        deadline = time.monotonic() + 5
+        assert server._reply(deadline) == dict(pid=1)
+        assert server._reply(deadline) == dict(returncode=3)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

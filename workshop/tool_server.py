@@ -63,7 +63,10 @@ class ToolServer:
             cwd=cwd, env=self.env, stdin=subprocess.PIPE,
             pass_fds=(write_fd, ), text=True)
         os.close(write_fd)
-        self._replies = os.fdopen(read_fd, 'r')
+        self._replies = read_fd
+        # Bytes read past the last full reply: the pid and the exit status
+        # of a short-lived child can arrive in one read.
+        self._pending = b''
         self.child_pid: Optional[int] = None
         # The server imports while the caller goes on; start() waits.
         self._ready = False
@@ -142,7 +145,9 @@ class ToolServer:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-        self._replies.close()
+        if self._replies is not None:
+            os.close(self._replies)
+            self._replies = None
 
     def __enter__(self) -> 'ToolServer':
         return self
@@ -152,17 +157,19 @@ class ToolServer:
 
     def _reply(self, deadline: Optional[float] = None) -> dict:
         import select
-        while True:
+        while b'\n' not in self._pending:
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
                 raise subprocess.TimeoutExpired('tool server', 0)
             ready, _, _ = select.select([self._replies], [], [], wait)
             if ready:
-                line = self._replies.readline()
-                if not line:
+                data = os.read(self._replies, 65536)
+                if not data:
                     raise RuntimeError('the tool server stopped (exit status '
                                        f'{self._process.wait()})')
-                return json.loads(line)
+                self._pending += data
+        line, self._pending = self._pending.split(b'\n', 1)
+        return json.loads(line)
 
 
 def _run_child(request: dict) -> None:
