@@ -24,8 +24,8 @@ def test_benchmark_tool_writes_json(tmp_path):
     assert [(l['channels'], l['size']) for l in payload['layers']] == [
         (8, 6), (16, 5)]
     for layer in payload['layers']:
-        assert set(layer['train']) == {'conv', 'doconv', 'doconv_torch',
-                                       'anchor'}
+        assert set(layer['train']) == {'conv', 'doconv', 'doconv_keep',
+                                       'doconv_torch', 'anchor'}
         assert all(len(v['samples']) == 2 for v in layer['train'].values())
         assert set(layer['eval']) == {'conv', 'doconv', 'folded', 'anchor'}
         assert all(v['seconds'] > 0 for v in layer['eval'].values())

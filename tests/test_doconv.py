@@ -6,6 +6,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mmdoconv import DOConv2d, doconv_identity
+from mmdoconv.cnn import compose as compose_module
+from mmdoconv.cnn import doconv as doconv_module
+from mmdoconv.cnn import recomposing_conv as recomposing_module
 from reference import feature_composition, identity_part
 
 
@@ -211,7 +214,9 @@ class _CountingCompose:
 
 
 def test_eval_without_grad_composes_once_until_parameters_change():
-    layer = DOConv2d(4, 4, 3, padding=1)
+    # recompute_kernel=False: the forwards with grad compose through
+    # layer._compose, which the counter sees.
+    layer = DOConv2d(4, 4, 3, padding=1, recompute_kernel=False)
     counter = _CountingCompose(layer)
     layer._compose = counter
     x = torch.randn(1, 4, 5, 5)
@@ -270,23 +275,28 @@ def test_cache_follows_ema_style_data_swaps():
         torch.testing.assert_close(layer(x), averaged.eval()(x))
 
 
-def test_autocast_composes_in_float32():
-    layer = DOConv2d(4, 4, 3, padding=1)
+@pytest.mark.parametrize('recompute_kernel', [True, False])
+def test_autocast_composes_in_float32(monkeypatch, recompute_kernel):
+    layer = DOConv2d(4, 4, 3, padding=1, recompute_kernel=recompute_kernel)
     with torch.no_grad():
         layer.D.normal_()
-    seen = {}
-    inner = layer._compose
+    seen = []
 
-    def spy(weight):
-        kernel = inner(weight)
-        seen['dtype'] = kernel.dtype
+    def spy(*args, **kwargs):
+        kernel = compose_module.compose_kernel(*args, **kwargs)
+        seen.append(kernel.dtype)
         return kernel
 
-    layer._compose = spy
+    # Both places that compose: the layer (W' kept) and RecomposingConv2d.
+    monkeypatch.setattr(doconv_module, 'compose_kernel', spy)
+    monkeypatch.setattr(recomposing_module, 'compose_kernel', spy)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = layer(torch.randn(1, 4, 5, 5))
-    assert seen['dtype'] == torch.float32
+    out.float().sum().backward()
+    # One composition in the forward, one more in the backward if recomposed.
+    assert seen == [torch.float32] * (2 if recompute_kernel else 1)
     assert out.dtype == torch.bfloat16
+    assert layer.weight.grad.dtype == layer.D.grad.dtype == torch.float32
 
 
 def test_pointwise_is_plain():

@@ -50,6 +50,9 @@ MODELS = {
         baseline='resnet/resnet50_8xb32_in1k.py',
         doconv='resnet/resnet50-doconv_8xb32_in1k.py'),
 }
+#: ``--peak-rss`` variants: the two configs, and the DO-Conv config with
+#: ``recompute_kernel=False`` (W' kept for the backward).
+PEAK_RSS_VARIANTS = ('baseline', 'doconv', 'doconv-keep-kernel')
 BATCH = dict(det='batch 2, 512x512', seg='batch 2, 512x512',
              cls='batch 32, 224x224')
 
@@ -225,11 +228,18 @@ def model_table(results: List[Dict]) -> str:
 
 def _peak_rss_main(kind: str, variant: str, steps: int) -> None:
     """One variant's train steps in this (fresh) process; prints JSON."""
-    import mmdoconv  # noqa: F401
+    from mmdoconv import DOConv2d
+    config_variant = 'baseline' if variant == 'baseline' else 'doconv'
     with tempfile.TemporaryDirectory() as tmp:
         models, optim_wrappers, train_batch, _ = _build(
-            kind, (variant, ), tmp, torch.device('cpu'))
-        step = _train_step(models[variant], optim_wrappers[variant],
+            kind, (config_variant, ), tmp, torch.device('cpu'))
+        model = models[config_variant]
+        if variant == 'doconv-keep-kernel':
+            # DO-Conv as before recomputation: autograd keeps each W'.
+            for module in model.modules():
+                if isinstance(module, DOConv2d):
+                    module.recompute_kernel = False
+        step = _train_step(model, optim_wrappers[config_variant],
                            train_batch)
         for _ in range(steps):
             step()
@@ -258,7 +268,8 @@ if __name__ == '__main__':
     parser.add_argument('--steps', type=int, default=3)
     args = parser.parse_args()
     kind, variant = args.peak_rss
-    if kind not in MODELS or variant not in ('baseline', 'doconv'):
+    if kind not in MODELS or variant not in PEAK_RSS_VARIANTS:
         raise SystemExit(f'error: KIND must be one of {sorted(MODELS)} and '
-                         f'VARIANT baseline or doconv, got {kind} {variant}')
+                         f'VARIANT one of {PEAK_RSS_VARIANTS}, got {kind} '
+                         f'{variant}')
     _peak_rss_main(kind, variant, args.steps)

@@ -16,7 +16,8 @@ from mmengine.logging import print_log
 from torch import nn
 
 from .compose import doconv_identity
-from .doconv import DOConv2d, check_d_init, resolve_d_mul
+from .doconv import (DOConv2d, check_d_init, check_recompute_kernel,
+                     resolve_d_mul)
 
 Patterns = Union[None, str, Sequence[str]]
 
@@ -84,7 +85,8 @@ def _matches(name: str, patterns: List[str]) -> List[str]:
 
 @torch.no_grad()
 def doconv_like(conv: nn.Conv2d, D_mul: Union[None, int, str] = None,
-                D_init: str = 'identity') -> DOConv2d:
+                D_init: str = 'identity',
+                recompute_kernel: bool = True) -> DOConv2d:
     """A :class:`DOConv2d` with ``conv``'s hyper-parameters, W and bias.
 
     With ``D_init='identity'`` (D = I) it computes exactly what ``conv``
@@ -97,7 +99,8 @@ def doconv_like(conv: nn.Conv2d, D_mul: Union[None, int, str] = None,
         stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
         groups=conv.groups, bias=conv.bias is not None,
         padding_mode=conv.padding_mode, device=conv.weight.device,
-        dtype=conv.weight.dtype, D_mul=D_mul, D_init=D_init)
+        dtype=conv.weight.dtype, D_mul=D_mul, D_init=D_init,
+        recompute_kernel=recompute_kernel)
     # skip_init leaves every tensor uninitialised: fill all of them.
     kernel_numel = conv.kernel_size[0] * conv.kernel_size[1]
     if layer.D_mul == kernel_numel:
@@ -126,7 +129,8 @@ def convert_to_doconv(model: nn.Module,
                       include: Patterns = None,
                       exclude: Patterns = None,
                       D_mul: Union[None, int, str] = None,
-                      D_init: str = 'identity') -> ConversionReport:
+                      D_init: str = 'identity',
+                      recompute_kernel: bool = True) -> ConversionReport:
     """Replace every non-pointwise ``nn.Conv2d`` in ``model`` by DO-Conv.
 
     Converted: ``nn.Conv2d`` itself, subclasses that only change how the
@@ -151,6 +155,8 @@ def convert_to_doconv(model: nn.Module,
             ``'MxN'``), applied per kernel size.
         D_init: ``'identity'`` (the converted model computes exactly what the
             model computed) or ``'random'`` (paper Table 7).
+        recompute_kernel: As for :class:`DOConv2d`: compose ``W'`` again in
+            the backward (less memory, the default) or keep it (faster).
 
     Returns:
         A :class:`ConversionReport`.
@@ -165,6 +171,7 @@ def convert_to_doconv(model: nn.Module,
                         'and cannot replace the model itself; wrap it in an '
                         'nn.Sequential')
     check_d_init(D_init)
+    check_recompute_kernel(recompute_kernel)
     includes = _as_patterns(include, 'include')
     excludes = _as_patterns(exclude, 'exclude')
     names = [name for name, _ in model.named_modules() if name]
@@ -203,7 +210,8 @@ def convert_to_doconv(model: nn.Module,
     replacements = {}
     for name in report.converted:
         conv = model.get_submodule(name)
-        replacements[id(conv)] = doconv_like(conv, D_mul, D_init)
+        replacements[id(conv)] = doconv_like(conv, D_mul, D_init,
+                                             recompute_kernel)
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if id(child) in replacements:

@@ -7,11 +7,13 @@ import numbers
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import _symbolic_trace
 from torch.nn.modules.utils import _pair
 
 from .compose import compose_kernel, doconv_identity
+from .recomposing_conv import RecomposingConv2d
 
 _size_2_t = Union[int, Tuple[int, int]]
 
@@ -23,6 +25,13 @@ _is_fx_symbolic_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing',
 
 def _tracing() -> bool:
     return _is_fx_symbolic_tracing() or torch.compiler.is_compiling()
+
+
+def _any_tracing() -> bool:
+    # Tracers that must see the layer as compose + conv2d (TorchScript and
+    # ONNX cannot record a Python autograd.Function).
+    return (_tracing() or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or torch.onnx.is_in_onnx_export())
 
 
 def _check_positive_pair(name: str, value: _size_2_t) -> Tuple[int, int]:
@@ -67,6 +76,13 @@ def check_d_init(d_init: str) -> None:
     if d_init not in D_INITS:
         raise ValueError(
             f'D_init must be one of {D_INITS}, but got {d_init!r}')
+
+
+def check_recompute_kernel(recompute_kernel: bool) -> None:
+    """Raise ValueError unless ``recompute_kernel`` is a bool."""
+    if not isinstance(recompute_kernel, bool):
+        raise ValueError('recompute_kernel must be True or False, but got '
+                         f'{recompute_kernel!r}')
 
 
 def resolve_d_mul(d_mul: Union[None, int, str], kernel_size: _size_2_t) -> int:
@@ -169,6 +185,12 @@ class DOConv2d(nn.Conv2d):
             :data:`D_MUL_RULES`; defaults to ``M*N``.
         D_init: ``'identity'`` (D = I, the paper's choice) or ``'random'``
             (He-normal D with fan-in ``M*N``; paper Table 7).
+        recompute_kernel: When gradients are needed, compose ``W'`` again in
+            the backward instead of keeping it from the forward
+            (:class:`~mmdoconv.cnn.recomposing_conv.RecomposingConv2d`):
+            training then holds no copy of ``W'`` per layer, for one more
+            composition per step.  ``False`` keeps ``W'`` (faster, more
+            memory).  Default: True.
 
     Note:
         Code written for ``nn.Conv2d`` that scales ``conv.weight`` per output
@@ -197,7 +219,8 @@ class DOConv2d(nn.Conv2d):
                  device=None,
                  dtype=None,
                  D_mul: Union[None, int, str] = None,
-                 D_init: str = 'identity') -> None:
+                 D_init: str = 'identity',
+                 recompute_kernel: bool = True) -> None:
         # Checks nn.Conv2d leaves to the first forward (or never makes).
         for name, value in (('in_channels', in_channels),
                             ('out_channels', out_channels),
@@ -211,7 +234,9 @@ class DOConv2d(nn.Conv2d):
         _check_padding(padding)
         d_mul = resolve_d_mul(D_mul, kernel_size)
         check_d_init(D_init)
+        check_recompute_kernel(recompute_kernel)
         self.D_init = D_init
+        self.recompute_kernel = recompute_kernel
         super().__init__(in_channels, out_channels, kernel_size, stride,
                          padding, dilation, groups, bias, padding_mode,
                          device, dtype)
@@ -294,10 +319,40 @@ class DOConv2d(nn.Conv2d):
         composing here gives exactly the plain model's answer on those paths.
         """
         if self.D is not None:
+            if self._recomposes(input, weight, bias):
+                return self._recomposing_forward(input, weight, bias)
             weight = self.composed_weight() if weight is self.weight \
                 else self._compose(weight)
         # nn.Conv2d._conv_forward handles padding_mode, unlike F.conv2d.
         return super()._conv_forward(input, weight, bias)
+
+    def _recomposes(self, input: Tensor, weight: Tensor,
+                    bias: Optional[Tensor]) -> bool:
+        """Whether this forward goes through :class:`RecomposingConv2d`:
+        autograd would keep W', and no tracer is recording the layer."""
+        # Tracing first: FX proxies cannot answer requires_grad.
+        return (self.recompute_kernel and not _any_tracing()
+                and torch.is_grad_enabled()
+                and any(t is not None and t.requires_grad
+                        for t in (input, weight, self.D, bias))
+                # F.conv2d pads 'same' itself; such layers keep W'.
+                and not (self.padding == 'same'
+                         and self.padding_mode == 'zeros'))
+
+    def _recomposing_forward(self, input: Tensor, weight: Tensor,
+                             bias: Optional[Tensor]) -> Tensor:
+        padding = (0, 0) if self.padding == 'valid' else self.padding
+        if self.padding_mode != 'zeros':
+            input = F.pad(input, self._reversed_padding_repeated_twice,
+                          mode=self.padding_mode)
+            padding = (0, 0)
+        device_type = input.device.type
+        autocast_dtype = (torch.get_autocast_dtype(device_type)
+                          if torch.is_autocast_enabled(device_type) else None)
+        return RecomposingConv2d.apply(input, weight, self.D, self._identity,
+                                       bias, self.kernel_size, self.stride,
+                                       padding, self.dilation, self.groups,
+                                       autocast_dtype)
 
     def train(self, mode: bool = True) -> 'DOConv2d':
         self._cached_kernel = self._cache_key = None
@@ -416,7 +471,8 @@ class DOConv2d(nn.Conv2d):
         text = super().extra_repr()
         if self.D is not None:
             init = '' if self.D_init == 'identity' else ', D_init=random'
-            return text + f', D_mul={self.D_mul}{init}'
+            keep = '' if self.recompute_kernel else ', recompute_kernel=False'
+            return text + f', D_mul={self.D_mul}{init}{keep}'
         if self.kernel_size != (1, 1):
             return text + ', folded'
         return text

@@ -10,7 +10,8 @@ from mmengine.registry import MODELS
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from .doconv import DOConv2d, check_d_init, resolve_d_mul
+from .doconv import (DOConv2d, check_d_init, check_recompute_kernel,
+                     resolve_d_mul)
 
 
 class DOConv(DOConv2d):
@@ -31,6 +32,8 @@ class DOConv(DOConv2d):
             kernels too.
         D_init: ``'identity'`` or ``'random'`` (see :class:`DOConv2d`);
             checked for 1x1 kernels too.
+        recompute_kernel: See :class:`DOConv2d`; checked for 1x1 kernels
+            too.
 
     Returns:
         A :class:`DOConv` (a :class:`DOConv2d`), or an ``nn.Conv2d`` for a
@@ -50,9 +53,11 @@ def _new_doconv(cls: type,
                 *args,
                 D_mul: Union[None, int, str] = None,
                 D_init: str = 'identity',
+                recompute_kernel: bool = True,
                 **kwargs) -> nn.Conv2d:
     resolve_d_mul(D_mul, kernel_size)
     check_d_init(D_init)
+    check_recompute_kernel(recompute_kernel)
     if _pair(kernel_size) == (1, 1):
         # Not an instance of cls, so Python skips DOConv.__init__.
         return nn.Conv2d(in_channels, out_channels, kernel_size, *args,

@@ -4,7 +4,7 @@
 
     runner_type = 'DOConvRunner'
     # optional: doconv = dict(include=None, exclude=None, D_mul=None,
-    #                         D_init='identity')
+    #                         D_init='identity', recompute_kernel=True)
 
 mmdet's, mmseg's and mmpretrain's own ``tools/train.py`` and ``tools/test.py``
 build ``RUNNERS.build(cfg)`` when a config names a ``runner_type``, so the
@@ -27,7 +27,8 @@ from ..cnn.conversion import ConversionReport, convert_to_doconv
 from .conv_bn_eval import turn_on_efficient_conv_bn_eval
 
 #: The options the switch takes (``doconv = dict(...)`` in a config).
-SWITCH_OPTIONS = ('include', 'exclude', 'D_mul', 'D_init')
+SWITCH_OPTIONS = ('include', 'exclude', 'D_mul', 'D_init',
+                  'recompute_kernel')
 
 
 def doconv_options(cfg: Config) -> Dict[str, Any]:

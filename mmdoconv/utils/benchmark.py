@@ -139,9 +139,15 @@ def _layers(channels: int, device: torch.device) -> Dict[str, nn.Module]:
     with torch.no_grad():
         doconv.D.normal_(std=0.01)
     anchor = AnchorDOConv2d(channels, channels, 3, padding=1, bias=False)
-    doconv_torch = copy.deepcopy(doconv)  # composes with pure PyTorch
-    layers = dict(conv=conv, doconv=doconv, doconv_torch=doconv_torch,
-                  folded=doconv.fold(), anchor=anchor)
+    # The layer before the fused kernel and recomputation: composes with
+    # pure PyTorch (forced in train_step) and keeps W' for the backward.
+    doconv_torch = copy.deepcopy(doconv)
+    doconv_torch.recompute_kernel = False
+    doconv_keep = copy.deepcopy(doconv)  # fused, keeps W'
+    doconv_keep.recompute_kernel = False
+    layers = dict(conv=conv, doconv=doconv, doconv_keep=doconv_keep,
+                  doconv_torch=doconv_torch, folded=doconv.fold(),
+                  anchor=anchor)
     return {name: layer.to(device) for name, layer in layers.items()}
 
 
@@ -150,9 +156,11 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
                     device: str = 'cpu') -> LayerResult:
     """Train-step and eval-forward times of the layer variants.
 
-    ``doconv`` composes with the fused kernel where one is available,
-    ``doconv_torch`` with pure PyTorch; eval reuses the cached composed
-    kernel, so there only ``doconv`` is timed.
+    ``doconv`` composes with the fused kernel where one is available and
+    composes W' again in the backward (the default), ``doconv_keep`` keeps
+    W' instead (``recompute_kernel=False``), ``doconv_torch`` composes with
+    pure PyTorch and keeps W' (DO-Conv before both); eval reuses the cached
+    composed kernel, so there only ``doconv`` is timed.
     """
     device = torch.device(device)
     layers = _layers(channels, device)
@@ -184,7 +192,8 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
     for layer in layers.values():
         layer.eval()
     result.eval = interleaved_medians(
-        {n: eval_step(l) for n, l in layers.items() if n != 'doconv_torch'},
+        {n: eval_step(l) for n, l in layers.items()
+         if n not in ('doconv_torch', 'doconv_keep')},
         repeats, warmup, device)
     return result
 
@@ -229,9 +238,10 @@ def layer_table(results: Sequence[LayerResult]) -> str:
     """A markdown table: times in ms and ratios against nn.Conv2d."""
     lines = [
         '| C_in=C_out, map | train: conv ms | DO-Conv (ratio, spread) | '
-        'DO-Conv, pure-PyTorch compose (ratio) | anchor (ratio) | eval: conv '
-        'ms | DO-Conv (ratio) | folded (ratio) | anchor (ratio) |',
-        '|---|---|---|---|---|---|---|---|---|'
+        "DO-Conv, W' kept (ratio) | DO-Conv, pure-PyTorch compose, W' kept "
+        '(ratio) | anchor (ratio) | eval: conv ms | DO-Conv (ratio) | '
+        'folded (ratio) | anchor (ratio) |',
+        '|---|---|---|---|---|---|---|---|---|---|'
     ]
 
     def cell(stage: Dict, name: str, spread: bool = False) -> str:
@@ -247,6 +257,7 @@ def layer_table(results: Sequence[LayerResult]) -> str:
             f'| {r.channels}, {r.size}×{r.size} | '
             f'{r.train["conv"]["seconds"] * 1e3:.2f} | '
             f'{cell(r.train, "doconv", spread=True)} | '
+            f'{cell(r.train, "doconv_keep")} | '
             f'{cell(r.train, "doconv_torch")} | {cell(r.train, "anchor")} | '
             f'{r.eval["conv"]["seconds"] * 1e3:.2f} | '
             f'{cell(r.eval, "doconv")} | {cell(r.eval, "folded")} | '

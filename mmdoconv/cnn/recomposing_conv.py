@@ -1,0 +1,147 @@
+"""A DO-Conv training forward that does not keep ``W'`` for the backward.
+
+A plain conv keeps its input and its kernel for the backward.  For DO-Conv
+the kernel is ``W' = D^T o W``, a new tensor as large as ``W`` that nothing
+else holds: kept by autograd, it stays alive from the layer's forward to its
+backward, so a network trained with DO-Conv holds one extra copy of every
+DO-Conv kernel at the peak of the step (the end of the forward).  For
+DeepLabv3's task stage (3x3 convs with 2048-2560 inputs and 512 outputs) that
+was 6.7 % of the step's peak memory.  :class:`RecomposingConv2d` keeps ``W``
+and ``D`` (which the layer holds anyway) and composes ``W'`` again in the
+backward, one more composition per layer and step (the composition costs a
+few percent of the conv; README, Performance).
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .compose import compose_kernel
+
+
+def _lower_precision(tensor: Optional[Tensor],
+                     dtype: Optional[torch.dtype]) -> Optional[Tensor]:
+    # What autocast does to conv2d's arguments: floating tensors other than
+    # float64 go to the autocast dtype.
+    if (tensor is None or dtype is None or not tensor.is_floating_point()
+            or tensor.dtype == torch.float64):
+        return tensor
+    return tensor.to(dtype)
+
+
+class RecomposingConv2d(torch.autograd.Function):
+    """``conv2d(input, compose(W, D))`` that recomposes ``W'`` in backward.
+
+    The forward and the gradients are those of
+    ``F.conv2d(input, compose_kernel(weight, D, I, ...), bias, ...)``,
+    autocast included (the composition runs in the parameters' dtype, the
+    conv in the autocast dtype, as :func:`~mmdoconv.cnn.doconv.compose_weight`
+    does).  Double backward (``create_graph=True``) is supported: there the
+    backward recomputes the forward differentiably.
+
+    Args (of ``apply``):
+        input: ``(B, C_in, H, W)``, already padded for non-zero padding modes.
+        weight: ``W`` in the layer's layout.
+        d_minus_identity: ``D - I``, ``(C_in, M*N, D_mul)``.
+        identity: ``(M*N, D_mul)``.
+        bias: ``(C_out,)`` or None.
+        kernel_size, stride, padding, dilation: int pairs.
+        groups: Number of conv groups.
+        autocast_dtype: The dtype the conv runs in under autocast, or None.
+    """
+
+    @staticmethod
+    def forward(ctx, input: Tensor, weight: Tensor, d_minus_identity: Tensor,
+                identity: Tensor, bias: Optional[Tensor],
+                kernel_size: Tuple[int, int], stride: Sequence[int],
+                padding: Sequence[int], dilation: Sequence[int], groups: int,
+                autocast_dtype: Optional[torch.dtype]) -> Tensor:
+        ctx.conv_args = (kernel_size, stride, padding, dilation, groups,
+                         autocast_dtype)
+        with torch.autocast(input.device.type, enabled=False):
+            kernel = compose_kernel(weight, d_minus_identity, identity,
+                                    kernel_size, groups)
+            conv_input = _lower_precision(input, autocast_dtype)
+            output = F.conv2d(conv_input,
+                              _lower_precision(kernel, autocast_dtype),
+                              _lower_precision(bias, autocast_dtype), stride,
+                              padding, dilation, groups)
+        # The conv input in the dtype the conv ran in (as autocast's conv
+        # keeps it); W and D instead of W'.
+        ctx.save_for_backward(conv_input, weight, d_minus_identity, identity,
+                              bias)
+        ctx.input_dtype = input.dtype
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        conv_input, weight, d_minus_identity, identity, bias = \
+            ctx.saved_tensors
+        (kernel_size, stride, padding, dilation, groups,
+         autocast_dtype) = ctx.conv_args
+        need_input, need_weight, need_d = ctx.needs_input_grad[:3]
+        need_bias = ctx.needs_input_grad[4]
+        wanted = [(t, need) for t, need in ((conv_input, need_input),
+                                            (weight, need_weight),
+                                            (d_minus_identity, need_d),
+                                            (bias, need_bias))]
+        if torch.is_grad_enabled():
+            # create_graph=True: differentiate a differentiable recomputation
+            # (its graph reaches the saved inputs' own graphs).
+            with torch.autocast(conv_input.device.type, enabled=False):
+                kernel = compose_kernel(weight, d_minus_identity, identity,
+                                        kernel_size, groups)
+                output = F.conv2d(conv_input,
+                                  _lower_precision(kernel, autocast_dtype),
+                                  _lower_precision(bias, autocast_dtype),
+                                  stride, padding, dilation, groups)
+            inputs = [t for t, need in wanted if need]
+            grads = iter(torch.autograd.grad(
+                output, inputs, grad_output, create_graph=True))
+            results = [next(grads) if need else None for _, need in wanted]
+        else:
+            results = _backward(grad_output, conv_input, weight,
+                                d_minus_identity, identity, bias,
+                                ctx.needs_input_grad, ctx.conv_args)
+        grad_input, grad_weight, grad_d, grad_bias = results
+        if grad_input is not None:
+            grad_input = grad_input.to(ctx.input_dtype)
+        return (grad_input, grad_weight, grad_d, None, grad_bias, None, None,
+                None, None, None, None)
+
+
+def _backward(grad_output: Tensor, conv_input: Tensor, weight: Tensor,
+              d_minus_identity: Tensor, identity: Tensor,
+              bias: Optional[Tensor], needs_input_grad: Sequence[bool],
+              conv_args: tuple) -> list:
+    """The gradients without a graph: conv backward against the recomposed
+    kernel, then the composition's own backward for W and D."""
+    (kernel_size, stride, padding, dilation, groups,
+     autocast_dtype) = conv_args
+    need_input, need_weight, need_d, _, need_bias = needs_input_grad[:5]
+    need_kernel = need_weight or need_d
+    with torch.enable_grad():
+        # A small graph of the composition alone, for W's and D's gradients.
+        weight_leaf = weight.detach().requires_grad_(need_weight)
+        d_leaf = d_minus_identity.detach().requires_grad_(need_d)
+        kernel = compose_kernel(weight_leaf, d_leaf, identity, kernel_size,
+                                groups)
+    conv_kernel = _lower_precision(kernel.detach(), autocast_dtype)
+    grad_input, grad_kernel, grad_bias = torch.ops.aten.convolution_backward(
+        grad_output.to(conv_input.dtype), conv_input, conv_kernel,
+        None if bias is None else [bias.shape[0]], list(stride),
+        list(padding), list(dilation), False, [0, 0], groups,
+        [need_input, need_kernel, need_bias and bias is not None])
+    grad_weight = grad_d = None
+    if need_kernel:
+        leaves = [leaf for leaf, need in ((weight_leaf, need_weight),
+                                          (d_leaf, need_d)) if need]
+        grads = iter(torch.autograd.grad(kernel, leaves,
+                                         grad_kernel.to(kernel.dtype)))
+        grad_weight = next(grads) if need_weight else None
+        grad_d = next(grads) if need_d else None
+    if grad_bias is not None:
+        grad_bias = grad_bias.to(bias.dtype)
+    return [grad_input if need_input else None, grad_weight, grad_d,
+            grad_bias]

@@ -1,0 +1,168 @@
+"""DO-Conv training without keeping W' (``recompute_kernel=True``).
+
+The recomposing path must give the forward and every gradient of the layer
+that keeps W' (and of the plain conv folded from it, for the input), with
+non-zero D, on every conv variant; and autograd must hold only the layer's
+own tensors, never a W'.
+"""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from mmdoconv import DOConv2d
+
+VARIANTS = [
+    dict(),
+    dict(groups=4),
+    dict(groups=8, stride=2, dilation=2, padding=2),  # depthwise
+    dict(D_mul=20, bias=False),
+    dict(padding_mode='reflect'),
+    dict(padding='valid', kernel_size=(3, 5)),
+]
+
+
+def _layers(**kwargs):
+    options = dict(kernel_size=3, padding=1)
+    options.update(kwargs)
+    torch.manual_seed(0)
+    recomposing = DOConv2d(8, 16, **options)
+    with torch.no_grad():
+        recomposing.D.normal_(0, 0.3)
+    keeping = copy.deepcopy(recomposing)
+    keeping.recompute_kernel = False
+    return recomposing, keeping
+
+
+def _forward_backward(layer, x, grad):
+    x = x.detach().clone().requires_grad_()
+    out = layer(x)
+    out.backward(grad)
+    return out, x.grad
+
+
+@pytest.mark.parametrize('options', VARIANTS)
+def test_same_forward_and_gradients_as_keeping_w(options):
+    recomposing, keeping = _layers(**options)
+    x = torch.randn(2, 8, 11, 13)
+    grad = torch.randn_like(keeping(x))
+    out, grad_x = _forward_backward(recomposing, x, grad)
+    assert out.grad_fn.name() == 'RecomposingConv2dBackward'
+    expected, expected_grad_x = _forward_backward(keeping, x, grad)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad_x, expected_grad_x)
+    for name in ('weight', 'D', 'bias'):
+        mine, theirs = (getattr(layer, name) for layer in (recomposing,
+                                                           keeping))
+        if mine is None:
+            continue
+        assert mine.grad is not None and mine.grad.abs().sum() > 0, name
+        torch.testing.assert_close(mine.grad, theirs.grad, msg=name)
+    # and the input gradient is the folded plain conv's
+    plain = recomposing.fold()
+    _, plain_grad_x = _forward_backward(plain, x, grad)
+    torch.testing.assert_close(grad_x, plain_grad_x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('recompute_kernel', [True, False])
+def test_autograd_keeps_no_composed_kernel(recompute_kernel):
+    """Every tensor autograd saves is the input or one of the layer's own
+    parameters and buffers; with W' kept there is one more (so this test
+    can fail)."""
+    layer, _ = _layers()
+    layer.recompute_kernel = recompute_kernel
+    x = torch.randn(2, 8, 9, 9, requires_grad=True)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x)
+    own = {t.data_ptr() for t in (x, *layer.parameters(), *layer.buffers())}
+    foreign = [tuple(t.shape) for t in saved if t.data_ptr() not in own]
+    if recompute_kernel:
+        assert foreign == []
+    else:
+        assert (16, 8, 3, 3) in foreign  # W'
+    out.sum().backward()
+
+
+def test_gradcheck_and_double_backward_in_float64():
+    torch.manual_seed(0)
+    layer = DOConv2d(3, 4, 3, padding=1, groups=1).double()
+    with torch.no_grad():
+        layer.D.normal_(0, 0.3)
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+
+    def forward(x, weight, d, bias):
+        replica = copy.copy(layer)
+        replica._parameters = dict(weight=weight, D=d, bias=bias)
+        return replica(x)
+
+    inputs = (x, layer.weight, layer.D, layer.bias)
+    assert torch.autograd.gradcheck(forward, inputs)
+    assert torch.autograd.gradgradcheck(forward, inputs)
+
+
+@pytest.mark.parametrize('use_reentrant', [True, False])
+def test_activation_checkpointing(use_reentrant):
+    """mmdet / mmpretrain backbones with ``with_cp=True`` wrap blocks in
+    torch.utils.checkpoint: same gradients as without it."""
+    recomposing, keeping = _layers()
+    block = nn.Sequential(recomposing, nn.ReLU())
+    x = torch.randn(2, 8, 9, 9, requires_grad=True)
+    checkpoint(block, x, use_reentrant=use_reentrant).sum().backward()
+    keeping(x.detach()).relu().sum().backward()
+    for name in ('weight', 'D', 'bias'):
+        torch.testing.assert_close(
+            getattr(recomposing, name).grad, getattr(keeping, name).grad)
+
+
+def test_frozen_layer_still_passes_gradient_to_its_input():
+    """A frozen DO-Conv layer (frozen_stages) before trainable ones."""
+    recomposing, keeping = _layers()
+    for layer in (recomposing, keeping):
+        layer.requires_grad_(False)
+    x = torch.randn(2, 8, 9, 9)
+    grad = torch.randn(2, 16, 9, 9)
+    out, grad_x = _forward_backward(recomposing, x, grad)
+    assert out.grad_fn.name() == 'RecomposingConv2dBackward'
+    torch.testing.assert_close(grad_x, _forward_backward(keeping, x, grad)[1])
+
+
+def test_recompute_kernel_must_be_bool():
+    with pytest.raises(ValueError, match="recompute_kernel must be True or "
+                       "False, but got 'no'"):
+        DOConv2d(4, 4, 3, recompute_kernel='no')
+
+
+def test_switch_and_conv_cfg_take_the_option():
+    from mmcv.cnn import build_conv_layer
+    from mmengine.config import Config
+
+    from mmdoconv import apply_doconv_switch
+    model = nn.Sequential(nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3))
+    cfg = Config(dict(runner_type='DOConvRunner',
+                      doconv=dict(recompute_kernel=False)))
+    apply_doconv_switch(model, cfg)
+    assert [layer.recompute_kernel for layer in model] == [False, False]
+    assert 'recompute_kernel=False' in repr(model)
+    layer = build_conv_layer(dict(type='DOConv', recompute_kernel=False), 4,
+                             4, 3)
+    assert isinstance(layer, DOConv2d) and not layer.recompute_kernel
+    pointwise = build_conv_layer(dict(type='DOConv', recompute_kernel=False),
+                                 4, 4, 1)
+    assert type(pointwise) is nn.Conv2d
+    with pytest.raises(ValueError, match="recompute_kernel must be True or "
+                       "False, but got 'yes'"):
+        build_conv_layer(dict(type='DOConv', recompute_kernel='yes'), 4, 4, 1)
+    with pytest.raises(ValueError, match="recompute_kernel must be True or "
+                       "False, but got 1"):
+        apply_doconv_switch(
+            nn.Sequential(nn.Conv2d(4, 4, 3)),
+            Config(dict(runner_type='DOConvRunner',
+                        doconv=dict(recompute_kernel=1))))
