@@ -1,6 +1,8 @@
 """tools/analysis_tools/benchmark.py runs and writes valid JSON (timings are never asserted)."""
 import json
 
+import torch
+
 from runs import run_tool
 
 
@@ -36,3 +38,29 @@ def test_benchmark_rejects_bad_shape(tmp_path):
     result = run_python('tools/analysis_tools/benchmark.py', '--shapes',
                         '64by7', check=False)
     assert result.returncode == 2 and "got '64by7'" in result.stderr
+
+
+def test_benchmark_amp_runs_layers_under_autocast(tmp_path, monkeypatch):
+    from mmdoconv.utils import benchmark
+    dtypes = set()
+    real_layers = benchmark._layers
+
+    def spying_layers(channels, device):
+        layers = real_layers(channels, device)
+        for layer in layers.values():
+            layer.register_forward_hook(
+                lambda module, args, out: dtypes.add(out.dtype))
+        return layers
+
+    monkeypatch.setattr(benchmark, '_layers', spying_layers)
+    result = benchmark.benchmark_layer(8, 6, batch=2, repeats=1, warmup=0,
+                                       amp=True)
+    assert result.amp == 'bfloat16' and dtypes == {torch.bfloat16}
+    assert set(result.train) == {'conv', 'doconv', 'doconv_keep',
+                                 'doconv_torch', 'anchor'}
+    out = tmp_path / 'amp.json'
+    printed = run_tool('tools/analysis_tools/benchmark.py', '--shapes', '8x6',
+                       '--repeats', '1', '--warmup', '0', '--amp', '--out',
+                       str(out)).stdout
+    assert 'batch 8, AMP, bfloat16 autocast' in printed
+    assert json.loads(out.read_text())['layers'][0]['amp'] == 'bfloat16'

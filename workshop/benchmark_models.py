@@ -27,6 +27,7 @@ import torch
 from mmengine.config import Config
 
 from mmdoconv import fold_doconv
+from mmdoconv.engine.amp import enable_amp
 from mmdoconv.utils.benchmark import interleaved_medians, ratio_spread
 from mmdoconv.utils.cli import build_runner
 
@@ -80,9 +81,11 @@ def _options(kind: str, data_root: str) -> Dict:
         })
 
 
-def _runner(config: str, options: Dict, work_dir: str):
+def _runner(config: str, options: Dict, work_dir: str, amp: bool = False):
     cfg = Config.fromfile(osp.join(_ROOT, 'configs', config))
     cfg.merge_from_dict(options)
+    if amp:  # what the tools' --amp does
+        enable_amp(cfg)
     cfg.work_dir = work_dir
     cfg.custom_hooks = []
     cfg.log_level = 'ERROR'  # the benchmark prints only its own tables
@@ -105,7 +108,8 @@ def _write_data(kind: str, data_root: str) -> None:
         write_imagenet(data_root, num_train=32, num_val=2, size=256, **quiet)
 
 
-def _build(kind: str, variants, tmp: str, device: torch.device):
+def _build(kind: str, variants, tmp: str, device: torch.device,
+           amp: bool = False):
     """Models, optimizer wrappers and one train / val batch."""
     spec = MODELS[kind]
     data_root = osp.join(tmp, kind) + '/'
@@ -118,7 +122,7 @@ def _build(kind: str, variants, tmp: str, device: torch.device):
             warnings.catch_warnings():
         warnings.simplefilter('ignore')
         runners = {variant: _runner(spec[variant], options,
-                                    osp.join(tmp, variant))
+                                    osp.join(tmp, variant), amp)
                    for variant in variants}
         first = runners[variants[0]]
         train_batch = next(iter(first.train_dataloader))
@@ -138,11 +142,14 @@ def _train_step(model, optim_wrapper, batch):
     return step
 
 
-def peak_rss_mb(kind: str, variant: str, steps: int) -> float:
+def peak_rss_mb(kind: str, variant: str, steps: int,
+                amp: bool = False) -> float:
     """Run ``steps`` train steps of one variant in a fresh process and
     return its resident-set high-water mark in MiB."""
     command = [sys.executable, '-m', 'workshop.benchmark_models',
                '--peak-rss', kind, variant, '--steps', str(steps)]
+    if amp:
+        command.append('--amp')
     result = subprocess.run(command, cwd=_ROOT, capture_output=True,
                             text=True, check=False)
     if result.returncode != 0:
@@ -152,15 +159,17 @@ def peak_rss_mb(kind: str, variant: str, steps: int) -> float:
 
 
 def benchmark_model(kind: str, repeats: int = 5, warmup: int = 2,
-                    device: str = 'cpu', rss_steps: Optional[int] = 3
-                    ) -> Dict:
+                    device: str = 'cpu', rss_steps: Optional[int] = 3,
+                    amp: bool = False) -> Dict:
     """Times and peak memory (CUDA allocator peak, or the CPU resident-set
-    peak of a fresh process per variant) of one model pair."""
+    peak of a fresh process per variant) of one model pair.  With ``amp``
+    the train steps use the tools' ``--amp`` optimizer wrapper; inference
+    stays fp32."""
     spec = MODELS[kind]
     device = torch.device(device)
     with tempfile.TemporaryDirectory() as tmp:
         models, optim_wrappers, train_batch, val_batch = _build(
-            kind, ('baseline', 'doconv'), tmp, device)
+            kind, ('baseline', 'doconv'), tmp, device, amp)
         train = interleaved_medians(
             {v: _train_step(models[v], optim_wrappers[v], train_batch)
              for v in models}, repeats, warmup, device)
@@ -181,7 +190,8 @@ def benchmark_model(kind: str, repeats: int = 5, warmup: int = 2,
             warmup, device)
     if device.type == 'cpu' and rss_steps:
         for variant in ('baseline', 'doconv'):
-            train[variant]['peak_mb'] = peak_rss_mb(kind, variant, rss_steps)
+            train[variant]['peak_mb'] = peak_rss_mb(kind, variant, rss_steps,
+                                                    amp)
     return dict(model=spec['name'], batch=BATCH[kind],
                 configs=dict(baseline=spec['baseline'],
                              doconv=spec['doconv']),
@@ -189,12 +199,13 @@ def benchmark_model(kind: str, repeats: int = 5, warmup: int = 2,
 
 
 def benchmark_models(kinds: List[str], repeats: int = 5,
-                     device: str = 'cpu') -> List[Dict]:
+                     device: str = 'cpu', amp: bool = False) -> List[Dict]:
     results = []
     for index, kind in enumerate(kinds, 1):
         print(f'[model {index}/{len(kinds)}] {MODELS[kind]["name"]} '
               f'({BATCH[kind]}, {repeats} repeats per variant)', flush=True)
-        results.append(benchmark_model(kind, repeats, device=device))
+        results.append(benchmark_model(kind, repeats, device=device,
+                                       amp=amp))
     return results
 
 
@@ -226,13 +237,13 @@ def model_table(results: List[Dict]) -> str:
     return '\n'.join(lines)
 
 
-def _peak_rss_main(kind: str, variant: str, steps: int) -> None:
+def _peak_rss_main(kind: str, variant: str, steps: int, amp: bool) -> None:
     """One variant's train steps in this (fresh) process; prints JSON."""
     from mmdoconv import DOConv2d
     config_variant = 'baseline' if variant == 'baseline' else 'doconv'
     with tempfile.TemporaryDirectory() as tmp:
         models, optim_wrappers, train_batch, _ = _build(
-            kind, (config_variant, ), tmp, torch.device('cpu'))
+            kind, (config_variant, ), tmp, torch.device('cpu'), amp)
         model = models[config_variant]
         if variant == 'doconv-keep-kernel':
             # DO-Conv as before recomputation: autograd keeps each W'.
@@ -266,10 +277,11 @@ if __name__ == '__main__':
     parser.add_argument('--peak-rss', nargs=2, metavar=('KIND', 'VARIANT'),
                         required=True)
     parser.add_argument('--steps', type=int, default=3)
+    parser.add_argument('--amp', action='store_true')
     args = parser.parse_args()
     kind, variant = args.peak_rss
     if kind not in MODELS or variant not in PEAK_RSS_VARIANTS:
         raise SystemExit(f'error: KIND must be one of {sorted(MODELS)} and '
                          f'VARIANT one of {PEAK_RSS_VARIANTS}, got {kind} '
                          f'{variant}')
-    _peak_rss_main(kind, variant, args.steps)
+    _peak_rss_main(kind, variant, args.steps, args.amp)

@@ -4,6 +4,7 @@ Every measurement is a ratio taken in one run with the variants interleaved
 (A B C A B C ...), so a machine that drifts (turbo, other load) biases no
 variant; each time is the median over repeats after warm-up.
 """
+import contextlib
 import copy
 import json
 import os
@@ -128,6 +129,7 @@ class LayerResult:
     channels: int
     size: int
     batch: int
+    amp: Optional[str] = None
     train: Dict[str, Dict] = field(default_factory=dict)
     eval: Dict[str, Dict] = field(default_factory=dict)
 
@@ -151,21 +153,35 @@ def _layers(channels: int, device: torch.device) -> Dict[str, nn.Module]:
     return {name: layer.to(device) for name, layer in layers.items()}
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype of ``--amp``: fp16 on CUDA (mmengine's
+    AmpOptimWrapper), bf16 on CPU (the tools' CPU AMP)."""
+    return torch.float16 if device.type == 'cuda' else torch.bfloat16
+
+
 def benchmark_layer(channels: int, size: int, batch: int = 8,
                     repeats: int = 10, warmup: int = 3,
-                    device: str = 'cpu') -> LayerResult:
+                    device: str = 'cpu', amp: bool = False) -> LayerResult:
     """Train-step and eval-forward times of the layer variants.
 
     ``doconv`` composes with the fused kernel where one is available and
     composes W' again in the backward (the default), ``doconv_keep`` keeps
     W' instead (``recompute_kernel=False``), ``doconv_torch`` composes with
     pure PyTorch and keeps W' (DO-Conv before both); eval reuses the cached
-    composed kernel, so there only ``doconv`` is timed.
+    composed kernel, so there only ``doconv`` is timed.  With ``amp`` every
+    forward runs under autocast (:func:`amp_dtype`); parameters stay fp32.
     """
     device = torch.device(device)
     layers = _layers(channels, device)
     x = torch.randn(batch, channels, size, size, device=device)
     grad = torch.randn(batch, channels, size, size, device=device)
+    dtype = amp_dtype(device) if amp else None
+    if amp:
+        grad = grad.to(dtype)  # the output's dtype under autocast
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype) if amp \
+            else contextlib.nullcontext()
 
     def train_step(layer: nn.Module,
                    backend: Optional[str] = None) -> Callable[[], None]:
@@ -174,17 +190,21 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
         def step() -> None:
             layer.zero_grad(set_to_none=True)
             with force_backend(backend):
-                layer(x).backward(grad)
+                with autocast():
+                    out = layer(x)
+                out.backward(grad)
         return step
 
     def eval_step(layer: nn.Module) -> Callable[[], None]:
 
         def step() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 layer(x)
         return step
 
-    result = LayerResult(channels, size, batch)
+    result = LayerResult(channels, size, batch,
+                         amp=str(dtype).replace('torch.', '') if amp
+                         else None)
     result.train = interleaved_medians(
         {n: train_step(l, 'torch' if n == 'doconv_torch' else None)
          for n, l in layers.items() if n != 'folded'},

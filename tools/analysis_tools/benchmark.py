@@ -4,6 +4,7 @@
     python tools/analysis_tools/benchmark.py --shapes 256x14 --repeats 20
     python tools/analysis_tools/benchmark.py --models det seg cls # + model level
     python tools/analysis_tools/benchmark.py --shapes 512x7 --profile  # + torch.profiler
+    python tools/analysis_tools/benchmark.py --amp                # fp16 (GPU) / bf16 (CPU) autocast
 
 Variants are interleaved (A B A B ...) and each time is the median after
 warm-up.  Prints markdown tables and the machine; writes JSON (--out).
@@ -15,9 +16,9 @@ import sys
 import torch
 
 import mmdoconv  # noqa: F401
-from mmdoconv.utils.benchmark import (LAYER_SHAPES, benchmark_layer,
-                                      layer_table, machine_info,
-                                      profile_layer, write_json)
+from mmdoconv.utils.benchmark import (LAYER_SHAPES, amp_dtype,
+                                      benchmark_layer, layer_table,
+                                      machine_info, profile_layer, write_json)
 from mmdoconv.utils.cli import BadInputError, cli_main
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
@@ -56,6 +57,10 @@ def main() -> None:
                         help='also print torch.profiler tables of the DO-Conv '
                         'train step (fused and pure-PyTorch composition) at '
                         'each shape')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision: layers under autocast (fp16 on '
+                        'CUDA, bf16 on CPU), models with the tools\' --amp '
+                        'optimizer wrapper')
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     args = parser.parse_args()
     for name in ('batch', 'repeats', 'model_repeats', 'threads'):
@@ -74,9 +79,12 @@ def main() -> None:
         print(f'[{index}/{len(args.shapes)}] layer {channels}@{size}x{size}',
               flush=True)
         layers.append(benchmark_layer(channels, size, args.batch,
-                                      args.repeats, args.warmup, args.device))
-    print('\nLayer level (3x3, stride 1, batch %d, median of %d):\n'
-          % (args.batch, args.repeats))
+                                      args.repeats, args.warmup, args.device,
+                                      args.amp))
+    precision = ('AMP, ' + str(amp_dtype(torch.device(args.device))).replace(
+        'torch.', '') + ' autocast') if args.amp else 'fp32'
+    print('\nLayer level (3x3, stride 1, batch %d, %s, median of %d):\n'
+          % (args.batch, precision, args.repeats))
     print(layer_table(layers))
     if args.profile:
         for channels, size in args.shapes:
@@ -90,9 +98,9 @@ def main() -> None:
         sys.path.insert(0, ROOT)  # workshop/ of the checkout
         from workshop.benchmark_models import benchmark_models, model_table
         payload['models'] = benchmark_models(args.models, args.model_repeats,
-                                             args.device)
-        print('\nModel level (median of %d; spread = lowest-highest '
-              'per-round ratio):\n' % args.model_repeats)
+                                             args.device, args.amp)
+        print('\nModel level (%s, median of %d; spread = lowest-highest '
+              'per-round ratio):\n' % (precision, args.model_repeats))
         print(model_table(payload['models']))
     write_json(args.out, payload)
     print(f'\nwrote {args.out}')
