@@ -64,3 +64,23 @@ def test_benchmark_amp_runs_layers_under_autocast(tmp_path, monkeypatch):
                        str(out)).stdout
     assert 'batch 8, AMP, bfloat16 autocast' in printed
     assert json.loads(out.read_text())['layers'][0]['amp'] == 'bfloat16'
+
+
+def test_model_table_states_peak_memory_medians_and_spread():
+    from workshop.benchmark_models import model_table
+
+    def timing(seconds):
+        return dict(seconds=seconds, samples=[seconds, seconds * 1.1])
+
+    train = dict(baseline=dict(timing(10.0), peak_mb=1000.0,
+                               peak_mb_samples=[990.0, 1000.0, 1010.0]),
+                 doconv=dict(timing(11.0), peak_mb=1020.0,
+                             peak_mb_samples=[1000.0, 1020.0, 1030.0]))
+    inference = dict(baseline=timing(2.0), doconv=timing(2.2),
+                     folded=timing(2.0))
+    table = model_table([dict(model='M', batch='batch 2', train=train,
+                              inference=inference)])
+    row = table.splitlines()[-1]
+    assert '| M (batch 2) | 10.000 | 11.000 (1.100, 1.10-1.10) |' in row
+    # median ratio 1020/1000; per-run ratios 1000/990 .. 1030/1010
+    assert '| 1000, 1020 (1.020, 1.010-1.020) |' in row

@@ -17,6 +17,7 @@ import json
 import logging
 import os.path as osp
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,9 +161,10 @@ def peak_rss_mb(kind: str, variant: str, steps: int,
 
 def benchmark_model(kind: str, repeats: int = 5, warmup: int = 2,
                     device: str = 'cpu', rss_steps: Optional[int] = 3,
-                    amp: bool = False) -> Dict:
+                    amp: bool = False, rss_runs: int = 1) -> Dict:
     """Times and peak memory (CUDA allocator peak, or the CPU resident-set
-    peak of a fresh process per variant) of one model pair.  With ``amp``
+    peak of a fresh process per variant, median of ``rss_runs`` processes
+    run alternately) of one model pair.  With ``amp``
     the train steps use the tools' ``--amp`` optimizer wrapper; inference
     stays fp32."""
     spec = MODELS[kind]
@@ -189,9 +191,15 @@ def benchmark_model(kind: str, repeats: int = 5, warmup: int = 2,
             {v: test_step(m) for v, m in eval_models.items()}, repeats,
             warmup, device)
     if device.type == 'cpu' and rss_steps:
-        for variant in ('baseline', 'doconv'):
-            train[variant]['peak_mb'] = peak_rss_mb(kind, variant, rss_steps,
-                                                    amp)
+        # glibc's heap makes one process's peak vary by about 2 % from run
+        # to run: alternate the variants and take the median.
+        peaks = {'baseline': [], 'doconv': []}
+        for _ in range(rss_runs):
+            for variant, samples in peaks.items():
+                samples.append(peak_rss_mb(kind, variant, rss_steps, amp))
+        for variant, samples in peaks.items():
+            train[variant]['peak_mb'] = statistics.median(samples)
+            train[variant]['peak_mb_samples'] = samples
     return dict(model=spec['name'], batch=BATCH[kind],
                 configs=dict(baseline=spec['baseline'],
                              doconv=spec['doconv']),
@@ -199,20 +207,21 @@ def benchmark_model(kind: str, repeats: int = 5, warmup: int = 2,
 
 
 def benchmark_models(kinds: List[str], repeats: int = 5,
-                     device: str = 'cpu', amp: bool = False) -> List[Dict]:
+                     device: str = 'cpu', amp: bool = False,
+                     rss_runs: int = 1) -> List[Dict]:
     results = []
     for index, kind in enumerate(kinds, 1):
         print(f'[model {index}/{len(kinds)}] {MODELS[kind]["name"]} '
               f'({BATCH[kind]}, {repeats} repeats per variant)', flush=True)
         results.append(benchmark_model(kind, repeats, device=device,
-                                       amp=amp))
+                                       amp=amp, rss_runs=rss_runs))
     return results
 
 
 def model_table(results: List[Dict]) -> str:
     """Markdown: times in s, ratios against the baseline config."""
     lines = ['| model (batch) | train step: baseline s | DO-Conv s (ratio, '
-             'spread) | peak memory MiB: baseline, DO-Conv (ratio) | '
+             'spread) | peak memory MiB: baseline, DO-Conv (ratio, spread) | '
              'inference: baseline s | unfolded eval (ratio) | folded (ratio) |',
              '|---|---|---|---|---|---|---|']
     for r in results:
@@ -223,7 +232,13 @@ def model_table(results: List[Dict]) -> str:
         if train['baseline'].get('peak_mb'):
             base_mb, doconv_mb = (train[v]['peak_mb']
                                   for v in ('baseline', 'doconv'))
-            peak = f'{base_mb:.0f}, {doconv_mb:.0f} ({doconv_mb / base_mb:.3f})'
+            peak = f'{base_mb:.0f}, {doconv_mb:.0f} ({doconv_mb / base_mb:.3f}'
+            samples = [train[v].get('peak_mb_samples') or []
+                       for v in ('baseline', 'doconv')]
+            if len(samples[0]) > 1:
+                ratios = [d / b for b, d in zip(*samples)]
+                peak += f', {min(ratios):.3f}-{max(ratios):.3f}'
+            peak += ')'
         low, high = ratio_spread(train['doconv'], train['baseline'])
         lines.append(
             f'| {r["model"]} ({r.get("batch", "")}) | {base_t:.3f} | '

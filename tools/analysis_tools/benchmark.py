@@ -49,6 +49,9 @@ def main() -> None:
                         help='also time Faster R-CNN / DeepLabv3 / ResNet-50 '
                         '(ImageNet) train and inference steps')
     parser.add_argument('--model-repeats', type=int, default=5)
+    parser.add_argument('--rss-runs', type=int, default=1,
+                        help='fresh processes per variant for the CPU peak '
+                        'memory of each model (median)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
                         else 'cpu')
     parser.add_argument('--threads', type=int, default=None,
@@ -63,7 +66,7 @@ def main() -> None:
                         'optimizer wrapper')
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     args = parser.parse_args()
-    for name in ('batch', 'repeats', 'model_repeats', 'threads'):
+    for name in ('batch', 'repeats', 'model_repeats', 'rss_runs', 'threads'):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise BadInputError(f'--{name.replace("_", "-")} must be >= 1, '
@@ -98,7 +101,8 @@ def main() -> None:
         sys.path.insert(0, ROOT)  # workshop/ of the checkout
         from workshop.benchmark_models import benchmark_models, model_table
         payload['models'] = benchmark_models(args.models, args.model_repeats,
-                                             args.device, args.amp)
+                                             args.device, args.amp,
+                                             args.rss_runs)
         print('\nModel level (%s, median of %d; spread = lowest-highest '
               'per-round ratio):\n' % (precision, args.model_repeats))
         print(model_table(payload['models']))
