@@ -6,7 +6,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mmdoconv import DOConv2d, doconv_identity
-from mmdoconv.cnn import compose as compose_module
 from mmdoconv.cnn import doconv as doconv_module
 from mmdoconv.cnn import recomposing_conv as recomposing_module
 from reference import feature_composition, identity_part
@@ -282,14 +281,19 @@ def test_autocast_composes_in_float32(monkeypatch, recompute_kernel):
         layer.D.normal_()
     seen = []
 
-    def spy(*args, **kwargs):
-        kernel = compose_module.compose_kernel(*args, **kwargs)
-        seen.append(kernel.dtype)
-        return kernel
+    def spy(function):
+        def composing(*args, **kwargs):
+            kernel = function(*args, **kwargs)
+            seen.append(kernel.dtype)
+            return kernel
+        return composing
 
-    # Both places that compose: the layer (W' kept) and RecomposingConv2d.
-    monkeypatch.setattr(doconv_module, 'compose_kernel', spy)
-    monkeypatch.setattr(recomposing_module, 'compose_kernel', spy)
+    # Every place that composes: the layer (W' kept) and RecomposingConv2d
+    # (its forward, and its backward's fused or pure-PyTorch recomposition).
+    for module, name in ((doconv_module, 'compose_kernel'),
+                         (recomposing_module, 'compose_kernel'),
+                         (recomposing_module, 'compose_rows')):
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = layer(torch.randn(1, 4, 5, 5))
     out.float().sum().backward()

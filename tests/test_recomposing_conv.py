@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmdoconv import DOConv2d
+from mmdoconv.ops.fused_compose import force_backend
 
 VARIANTS = [
     dict(),
@@ -43,14 +44,16 @@ def _forward_backward(layer, x, grad):
     return out, x.grad
 
 
+@pytest.mark.parametrize('backend', [None, 'torch'])  # fused, pure PyTorch
 @pytest.mark.parametrize('options', VARIANTS)
-def test_same_forward_and_gradients_as_keeping_w(options):
+def test_same_forward_and_gradients_as_keeping_w(options, backend):
     recomposing, keeping = _layers(**options)
     x = torch.randn(2, 8, 11, 13)
     grad = torch.randn_like(keeping(x))
-    out, grad_x = _forward_backward(recomposing, x, grad)
+    with force_backend(backend):
+        out, grad_x = _forward_backward(recomposing, x, grad)
+        expected, expected_grad_x = _forward_backward(keeping, x, grad)
     assert out.grad_fn.name() == 'RecomposingConv2dBackward'
-    expected, expected_grad_x = _forward_backward(keeping, x, grad)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(grad_x, expected_grad_x)
     for name in ('weight', 'D', 'bias'):

@@ -6,17 +6,20 @@ else holds: kept by autograd, it stays alive from the layer's forward to its
 backward, so a network trained with DO-Conv holds one extra copy of every
 DO-Conv kernel at the peak of the step (the end of the forward).  For
 DeepLabv3's task stage (3x3 convs with 2048-2560 inputs and 512 outputs) that
-was 6.7 % of the step's peak memory.  :class:`RecomposingConv2d` keeps ``W``
+was 2-7 % of the step's peak memory.  :class:`RecomposingConv2d` keeps ``W``
 and ``D`` (which the layer holds anyway) and composes ``W'`` again in the
-backward, one more composition per layer and step (the composition costs a
-few percent of the conv; README, Performance).
+backward: one more composition per layer and step, which costs time where
+the conv is cheap next to its kernel (small maps, many channels; README,
+Performance, has both).
 """
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.fused_compose import (compose_rows, compose_rows_backward,
+                                 fused_backend)
 from .compose import compose_kernel
 
 
@@ -111,6 +114,48 @@ class RecomposingConv2d(torch.autograd.Function):
                 None, None, None, None)
 
 
+def _recompose(weight: Tensor, d_minus_identity: Tensor, identity: Tensor,
+               kernel_size: Tuple[int, int], groups: int, need_weight: bool,
+               need_d: bool) -> Tuple[Tensor, Callable]:
+    """``W'`` again, and a function from grad W' to ``(grad W, grad D)``.
+
+    The fused kernels are called directly (no autograd graph for one
+    backward step); the pure-PyTorch composition differentiates a small
+    graph of its own.
+    """
+    out_channels, in_per_group = weight.shape[:2]
+    d_full = d_minus_identity + identity
+    rows = weight.reshape(out_channels, in_per_group, d_full.shape[-1])
+    backend = fused_backend(weight)
+    if backend is not None:
+        kernel = compose_rows(rows, d_full, groups, backend).reshape(
+            out_channels, in_per_group, *kernel_size)
+
+        def gradients(grad_kernel: Tensor):
+            grad_rows, grad_d = compose_rows_backward(
+                grad_kernel.reshape(out_channels, in_per_group, -1), rows,
+                d_full, groups, backend, need_weight, need_d)
+            if grad_rows is not None:
+                grad_rows = grad_rows.reshape(weight.shape)
+            return grad_rows, grad_d
+
+        return kernel, gradients
+    with torch.enable_grad():
+        weight_leaf = weight.detach().requires_grad_(need_weight)
+        d_leaf = d_minus_identity.detach().requires_grad_(need_d)
+        kernel = compose_kernel(weight_leaf, d_leaf, identity, kernel_size,
+                                groups)
+
+    def gradients(grad_kernel: Tensor):
+        leaves = [leaf for leaf, need in ((weight_leaf, need_weight),
+                                          (d_leaf, need_d)) if need]
+        grads = iter(torch.autograd.grad(kernel, leaves, grad_kernel))
+        return (next(grads) if need_weight else None,
+                next(grads) if need_d else None)
+
+    return kernel.detach(), gradients
+
+
 def _backward(grad_output: Tensor, conv_input: Tensor, weight: Tensor,
               d_minus_identity: Tensor, identity: Tensor,
               bias: Optional[Tensor], needs_input_grad: Sequence[bool],
@@ -121,26 +166,18 @@ def _backward(grad_output: Tensor, conv_input: Tensor, weight: Tensor,
      autocast_dtype) = conv_args
     need_input, need_weight, need_d, _, need_bias = needs_input_grad[:5]
     need_kernel = need_weight or need_d
-    with torch.enable_grad():
-        # A small graph of the composition alone, for W's and D's gradients.
-        weight_leaf = weight.detach().requires_grad_(need_weight)
-        d_leaf = d_minus_identity.detach().requires_grad_(need_d)
-        kernel = compose_kernel(weight_leaf, d_leaf, identity, kernel_size,
-                                groups)
-    conv_kernel = _lower_precision(kernel.detach(), autocast_dtype)
+    kernel, compose_gradients = _recompose(weight, d_minus_identity,
+                                           identity, kernel_size, groups,
+                                           need_weight, need_d)
     grad_input, grad_kernel, grad_bias = torch.ops.aten.convolution_backward(
-        grad_output.to(conv_input.dtype), conv_input, conv_kernel,
+        grad_output.to(conv_input.dtype), conv_input,
+        _lower_precision(kernel, autocast_dtype),
         None if bias is None else [bias.shape[0]], list(stride),
         list(padding), list(dilation), False, [0, 0], groups,
         [need_input, need_kernel, need_bias and bias is not None])
     grad_weight = grad_d = None
     if need_kernel:
-        leaves = [leaf for leaf, need in ((weight_leaf, need_weight),
-                                          (d_leaf, need_d)) if need]
-        grads = iter(torch.autograd.grad(kernel, leaves,
-                                         grad_kernel.to(kernel.dtype)))
-        grad_weight = next(grads) if need_weight else None
-        grad_d = next(grads) if need_d else None
+        grad_weight, grad_d = compose_gradients(grad_kernel.to(kernel.dtype))
     if grad_bias is not None:
         grad_bias = grad_bias.to(bias.dtype)
     return [grad_input if need_input else None, grad_weight, grad_d,

@@ -120,6 +120,35 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def compose_rows(weight: Tensor, d_full: Tensor, groups: int,
+                 backend: str) -> Tensor:
+    """``W'`` from the fused kernel of ``backend``, without autograd.
+
+    Shapes: ``weight (C_out, C_in/groups, D_mul)``, ``d_full (C_in, M*N,
+    D_mul)``; returns ``(C_out, C_in/groups, M*N)`` in W's dtype.
+    """
+    dtype = _compute_dtype(weight.dtype)
+    out = _ops(backend).compose_forward(weight.to(dtype), d_full.to(dtype),
+                                        groups)
+    return out.to(weight.dtype)
+
+
+def compose_rows_backward(grad: Tensor, weight: Tensor, d_full: Tensor,
+                          groups: int, backend: str, need_weight: bool,
+                          need_d: bool):
+    """``(grad W, grad D)`` of :func:`compose_rows` for ``grad`` = grad W'
+    (None where not needed), in W's and D's dtypes."""
+    dtype = _compute_dtype(weight.dtype)
+    grad_weight, grad_d = _ops(backend).compose_backward(
+        grad.to(dtype), weight.to(dtype), d_full.to(dtype), groups,
+        need_weight, need_d)
+    if grad_weight is not None:
+        grad_weight = grad_weight.to(weight.dtype)
+    if grad_d is not None:
+        grad_d = grad_d.to(d_full.dtype)
+    return grad_weight, grad_d
+
+
 class FusedCompose(torch.autograd.Function):
     """``W' = D^T o W`` with one read of W and one write of W' per pass.
 
@@ -132,23 +161,14 @@ class FusedCompose(torch.autograd.Function):
                 backend: str) -> Tensor:
         ctx.save_for_backward(weight, d_full)
         ctx.groups, ctx.backend = groups, backend
-        dtype = _compute_dtype(weight.dtype)
-        out = _ops(backend).compose_forward(
-            weight.to(dtype), d_full.to(dtype), groups)
-        return out.to(weight.dtype)
+        return compose_rows(weight, d_full, groups, backend)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         weight, d_full = ctx.saved_tensors
-        need_weight, need_d = ctx.needs_input_grad[:2]
-        dtype = _compute_dtype(weight.dtype)
-        grad_weight, grad_d = _ops(ctx.backend).compose_backward(
-            grad.to(dtype), weight.to(dtype), d_full.to(dtype), ctx.groups,
-            need_weight, need_d)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        if grad_d is not None:
-            grad_d = grad_d.to(d_full.dtype)
+        grad_weight, grad_d = compose_rows_backward(
+            grad, weight, d_full, ctx.groups, ctx.backend,
+            *ctx.needs_input_grad[:2])
         return grad_weight, grad_d, None, None
 
 
