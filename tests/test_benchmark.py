@@ -16,10 +16,13 @@ def test_benchmark_tool_writes_json(tmp_path):
     # --profile: where the train step's time goes, fused and pure PyTorch.
     sections = {part.split(' (10 steps)')[0]: part for part in
                 result.stdout.split('Profile: DO-Conv train step, ')[1:]}
-    assert len(sections) == 4
+    assert len(sections) == 6
     fused = sections['8@6x6, fused composition']
-    pure = sections['8@6x6, pure-PyTorch composition']
-    assert 'FusedComposeBackward' in fused and '_ComposeKernel' not in fused
+    kept = sections["8@6x6, fused composition, W' kept"]
+    pure = sections["8@6x6, pure-PyTorch composition, W' kept"]
+    assert 'RecomposingConv2dBackward' in fused
+    assert '_ComposeKernel' not in fused
+    assert 'FusedComposeBackward' in kept and 'Recomposing' not in kept
     assert '_ComposeKernelBackward' in pure and 'FusedCompose' not in pure
     payload = json.loads(out.read_text())
     assert set(payload) == {'machine', 'layers', 'models'}

@@ -222,7 +222,8 @@ def profile_layer(channels: int, size: int, batch: int = 8,
                   device: str = 'cpu', steps: int = 10,
                   rows: int = 8) -> Dict[str, str]:
     """``torch.profiler`` tables (self time, top ``rows`` ops) of the DO-Conv
-    train step with the fused and with the pure-PyTorch composition."""
+    train step: fused composition (W' recomposed in the backward, and W'
+    kept) and pure-PyTorch composition (W' kept)."""
     from torch.profiler import ProfilerActivity, profile
     device = torch.device(device)
     layers = _layers(channels, device)
@@ -232,7 +233,8 @@ def profile_layer(channels: int, size: int, batch: int = 8,
     if device.type == 'cuda':
         activities.append(ProfilerActivity.CUDA)
     tables = {}
-    for name, backend in (('doconv', None), ('doconv_torch', 'torch')):
+    for name, backend in (('doconv', None), ('doconv_keep', None),
+                          ('doconv_torch', 'torch')):
         layer = layers[name].train()
 
         def step() -> None:

@@ -92,8 +92,10 @@ def main() -> None:
     if args.profile:
         for channels, size in args.shapes:
             tables = profile_layer(channels, size, args.batch, args.device)
-            for name, title in (('doconv', 'fused composition'),
-                                ('doconv_torch', 'pure-PyTorch composition')):
+            for name, title in (
+                    ('doconv', 'fused composition'),
+                    ('doconv_keep', "fused composition, W' kept"),
+                    ('doconv_torch', "pure-PyTorch composition, W' kept")):
                 print(f'\nProfile: DO-Conv train step, {channels}@{size}x'
                       f'{size}, {title} (10 steps):\n{tables[name]}')
     payload = dict(machine=machine, layers=layers, models=[])
