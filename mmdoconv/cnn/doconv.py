@@ -330,9 +330,10 @@ class DOConv2d(nn.Conv2d):
                     bias: Optional[Tensor]) -> bool:
         """Whether this forward goes through :class:`RecomposingConv2d`:
         autograd would keep W', and no tracer is recording the layer."""
-        # Tracing first: FX proxies cannot answer requires_grad.
-        return (self.recompute_kernel and not _any_tracing()
-                and torch.is_grad_enabled()
+        # Grad mode first (cheap; false in every eval forward), then
+        # tracing: FX proxies cannot answer requires_grad.
+        return (self.recompute_kernel and torch.is_grad_enabled()
+                and not _any_tracing()
                 and any(t is not None and t.requires_grad
                         for t in (input, weight, self.D, bias))
                 # F.conv2d pads 'same' itself; such layers keep W'.
