@@ -175,9 +175,14 @@ def _backward(grad_output: Tensor, conv_input: Tensor, weight: Tensor,
         None if bias is None else [bias.shape[0]], list(stride),
         list(padding), list(dilation), False, [0, 0], groups,
         [need_input, need_kernel, need_bias and bias is not None])
+    kernel_dtype = kernel.dtype
+    # W' is done with: freed before grad W (as large) is allocated, the
+    # allocator can hand its memory straight over instead of returning it
+    # to the OS and faulting fresh pages in.
+    del kernel
     grad_weight = grad_d = None
     if need_kernel:
-        grad_weight, grad_d = compose_gradients(grad_kernel.to(kernel.dtype))
+        grad_weight, grad_d = compose_gradients(grad_kernel.to(kernel_dtype))
     if grad_bias is not None:
         grad_bias = grad_bias.to(bias.dtype)
     return [grad_input if need_input else None, grad_weight, grad_d,
