@@ -169,3 +169,38 @@ def test_switch_and_conv_cfg_take_the_option():
             nn.Sequential(nn.Conv2d(4, 4, 3)),
             Config(dict(runner_type='DOConvRunner',
                         doconv=dict(recompute_kernel=1))))
+
+
+def test_mmcv_efficient_conv_bn_eval_while_training():
+    """A training conv before a frozen BN: mmcv's ConvModule hands the
+    layer ``W * coeff`` (``efficient_conv_bn_eval``), which the recomposing
+    path must differentiate back to W, D and the BN affine parameters as
+    the unfused module does."""
+    from mmcv.cnn import ConvModule
+    torch.manual_seed(0)
+    fused = ConvModule(8, 8, 3, padding=1, conv_cfg=dict(type='DOConv'),
+                       norm_cfg=dict(type='BN'), efficient_conv_bn_eval=True)
+    with torch.no_grad():
+        fused.conv.D.normal_(0, 0.3)
+        fused.bn.running_mean.normal_()
+        fused.bn.running_var.uniform_(0.5, 2.0)
+    fused.train()
+    fused.bn.eval()  # frozen statistics: mmcv takes the efficient path
+    unfused = copy.deepcopy(fused)
+    unfused.efficient_conv_bn_eval_forward = None
+    x = torch.randn(2, 8, 9, 9)
+    seen = []
+    fused.norm.register_forward_hook(lambda *args: seen.append('bn'))
+    out = fused(x)
+    assert seen == []  # the BN was folded into the conv's weight
+    conv_node = out.grad_fn.next_functions[0][0]  # under the ReLU
+    assert conv_node.name() == 'RecomposingConv2dBackward'
+    expected = unfused(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    expected.sum().backward()
+    for name, param in fused.named_parameters():
+        other = dict(unfused.named_parameters())[name]
+        assert param.grad.abs().sum() > 0, name
+        torch.testing.assert_close(param.grad, other.grad, rtol=1e-5,
+                                   atol=1e-4, msg=name)
