@@ -22,6 +22,7 @@ VARIANTS = [
     dict(D_mul=20, bias=False),
     dict(padding_mode='reflect'),
     dict(padding='valid', kernel_size=(3, 5)),
+    dict(padding='same', kernel_size=(3, 5), dilation=(2, 1)),
 ]
 
 
@@ -109,6 +110,17 @@ def test_gradcheck_and_double_backward_in_float64():
     inputs = (x, layer.weight, layer.D, layer.bias)
     assert torch.autograd.gradcheck(forward, inputs)
     assert torch.autograd.gradgradcheck(forward, inputs)
+
+
+def test_asymmetric_same_padding_keeps_w():
+    """An even kernel extent pads 'same' unevenly: F.conv2d's own 'same'
+    path (W' kept) gives the right answer without copying the input."""
+    recomposing, keeping = _layers(kernel_size=(2, 3), padding='same')
+    x = torch.randn(2, 8, 9, 9)
+    grad = torch.randn(2, 16, 9, 9)
+    out, grad_x = _forward_backward(recomposing, x, grad)
+    assert out.grad_fn.name() == 'ConvolutionBackward0'
+    torch.testing.assert_close(grad_x, _forward_backward(keeping, x, grad)[1])
 
 
 @pytest.mark.parametrize('use_reentrant', [True, False])

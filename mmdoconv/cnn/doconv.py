@@ -336,17 +336,27 @@ class DOConv2d(nn.Conv2d):
                 and not _any_tracing()
                 and any(t is not None and t.requires_grad
                         for t in (input, weight, self.D, bias))
-                # F.conv2d pads 'same' itself; such layers keep W'.
-                and not (self.padding == 'same'
-                         and self.padding_mode == 'zeros'))
+                and self._conv_padding() is not None)
+
+    def _conv_padding(self) -> Optional[Tuple[int, int]]:
+        """The numeric padding :class:`RecomposingConv2d` convolves with, or
+        None for an asymmetric 'same' (even kernel extent), which only
+        F.conv2d's own 'same' handles without copying the input."""
+        if self.padding_mode != 'zeros' or self.padding == 'valid':
+            return (0, 0)  # non-zero modes pad the input first
+        if self.padding != 'same':
+            return self.padding
+        left_w, right_w, left_h, right_h = \
+            self._reversed_padding_repeated_twice
+        return (left_h, left_w) if (left_h, left_w) == (right_h, right_w) \
+            else None
 
     def _recomposing_forward(self, input: Tensor, weight: Tensor,
                              bias: Optional[Tensor]) -> Tensor:
-        padding = (0, 0) if self.padding == 'valid' else self.padding
+        padding = self._conv_padding()
         if self.padding_mode != 'zeros':
             input = F.pad(input, self._reversed_padding_repeated_twice,
                           mode=self.padding_mode)
-            padding = (0, 0)
         device_type = input.device.type
         autocast_dtype = (torch.get_autocast_dtype(device_type)
                           if torch.is_autocast_enabled(device_type) else None)
