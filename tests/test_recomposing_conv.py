@@ -216,3 +216,33 @@ def test_mmcv_efficient_conv_bn_eval_while_training():
         assert param.grad.abs().sum() > 0, name
         torch.testing.assert_close(param.grad, other.grad, rtol=1e-5,
                                    atol=1e-4, msg=name)
+
+
+def test_mmdet_resnet_with_cp_trains_as_without():
+    """mmdet's ResNet with ``with_cp=True`` (torch.utils.checkpoint around
+    every block) and DO-Conv layers: the gradients of the run without it."""
+    from mmdet.models.backbones import ResNet
+    torch.manual_seed(0)
+    plain_cp = ResNet(18, conv_cfg=dict(type='DOConv'), norm_eval=False)
+    with torch.no_grad():
+        for module in plain_cp.modules():
+            if isinstance(module, DOConv2d):
+                module.D.normal_(0, 0.1)
+    with_cp = copy.deepcopy(plain_cp)
+    for module in with_cp.modules():
+        if hasattr(module, 'with_cp'):
+            module.with_cp = True
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    for model in (plain_cp, with_cp):
+        model.train()
+        sum(out.sum() for out in model(x)).backward()
+    doconv_layers = 0
+    for (name, mine), theirs in zip(with_cp.named_parameters(),
+                                    plain_cp.parameters()):
+        doconv_layers += name.endswith('.D')
+        # Summed over a feature pyramid, the stem's gradients are ~1e4:
+        # round-off scales with them.
+        scale = theirs.grad.abs().max().item()
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4,
+                                   atol=1e-5 * scale, msg=name)
+    assert doconv_layers == 17
