@@ -12,7 +12,7 @@ $(STAMP): tools/setup_env.sh requirements.txt pyproject.toml mmdoconv/ops/csrc/c
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PYTHON) tools/demo.py $(DEMO_ARGS)
+	$(PYTHON) tools/misc/demo.py $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest tests

@@ -113,3 +113,20 @@ def test_stopping_the_demo_stops_the_tool_it_started(tmp_path):
     finally:
         if demo.poll() is None:
             demo.kill()
+
+
+def test_make_demo_runs_the_demo_tool():
+    """`make demo` (the README's first command) runs the demo script: the
+    command make would run, with --help, prints the demo's usage."""
+    import shlex
+    from runs import run_python
+    dry_run = subprocess.run(['make', '-n', 'demo', 'DEMO_ARGS=--help'],
+                             cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
+    command = shlex.split([line for line in dry_run.splitlines()
+                           if 'demo' in line and '--help' in line][-1])
+    assert command[0] == '.venv/bin/python' and command[-1] == '--help'
+    script = os.path.join(ROOT, command[1])
+    assert os.path.isfile(script), f'make demo runs a missing {command[1]}'
+    result = run_python(*command[1:])
+    assert 'usage: demo.py' in result.stdout and '--quick' in result.stdout
