@@ -206,6 +206,10 @@ class DOConv2d(nn.Conv2d):
         >>> plain = layer.fold()  # an nn.Conv2d with the same output
     """
 
+    # Class default too: whole layers pickled before this option existed
+    # have no such attribute in their __dict__.
+    recompute_kernel: bool = True
+
     def __init__(self,
                  in_channels: int,
                  out_channels: int,
