@@ -113,8 +113,8 @@ def test_gradcheck_and_double_backward_in_float64():
 
 
 def test_asymmetric_same_padding_keeps_w():
-    """An even kernel extent pads 'same' unevenly: F.conv2d's own 'same'
-    path (W' kept) gives the right answer without copying the input."""
+    """An even kernel extent pads 'same' unevenly: the layer takes
+    F.conv2d's own 'same' path (W' kept) and gives the right gradients."""
     recomposing, keeping = _layers(kernel_size=(2, 3), padding='same')
     x = torch.randn(2, 8, 9, 9)
     grad = torch.randn(2, 16, 9, 9)

@@ -344,8 +344,8 @@ class DOConv2d(nn.Conv2d):
 
     def _conv_padding(self) -> Optional[Tuple[int, int]]:
         """The numeric padding :class:`RecomposingConv2d` convolves with, or
-        None for an asymmetric 'same' (even kernel extent), which only
-        F.conv2d's own 'same' handles without copying the input."""
+        None for an asymmetric 'same' (even kernel extent, rare): such a
+        layer takes F.conv2d's own 'same' path and keeps W'."""
         if self.padding_mode != 'zeros' or self.padding == 'valid':
             return (0, 0)  # non-zero modes pad the input first
         if self.padding != 'same':
