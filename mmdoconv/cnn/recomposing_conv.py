@@ -62,14 +62,9 @@ class RecomposingConv2d(torch.autograd.Function):
                 autocast_dtype: Optional[torch.dtype]) -> Tensor:
         ctx.conv_args = (kernel_size, stride, padding, dilation, groups,
                          autocast_dtype)
-        with torch.autocast(input.device.type, enabled=False):
-            kernel = compose_kernel(weight, d_minus_identity, identity,
-                                    kernel_size, groups)
-            conv_input = _lower_precision(input, autocast_dtype)
-            output = F.conv2d(conv_input,
-                              _lower_precision(kernel, autocast_dtype),
-                              _lower_precision(bias, autocast_dtype), stride,
-                              padding, dilation, groups)
+        conv_input = _lower_precision(input, autocast_dtype)
+        output = _composed_conv(conv_input, weight, d_minus_identity,
+                                identity, bias, ctx.conv_args)
         # The conv input in the dtype the conv ran in (as autocast's conv
         # keeps it); W and D instead of W'.
         ctx.save_for_backward(conv_input, weight, d_minus_identity, identity,
@@ -81,24 +76,13 @@ class RecomposingConv2d(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor):
         conv_input, weight, d_minus_identity, identity, bias = \
             ctx.saved_tensors
-        (kernel_size, stride, padding, dilation, groups,
-         autocast_dtype) = ctx.conv_args
-        need_input, need_weight, need_d = ctx.needs_input_grad[:3]
-        need_bias = ctx.needs_input_grad[4]
-        wanted = [(t, need) for t, need in ((conv_input, need_input),
-                                            (weight, need_weight),
-                                            (d_minus_identity, need_d),
-                                            (bias, need_bias))]
         if torch.is_grad_enabled():
             # create_graph=True: differentiate a differentiable recomputation
             # (its graph reaches the saved inputs' own graphs).
-            with torch.autocast(conv_input.device.type, enabled=False):
-                kernel = compose_kernel(weight, d_minus_identity, identity,
-                                        kernel_size, groups)
-                output = F.conv2d(conv_input,
-                                  _lower_precision(kernel, autocast_dtype),
-                                  _lower_precision(bias, autocast_dtype),
-                                  stride, padding, dilation, groups)
+            output = _composed_conv(conv_input, weight, d_minus_identity,
+                                    identity, bias, ctx.conv_args)
+            wanted = list(zip((conv_input, weight, d_minus_identity, bias),
+                              (ctx.needs_input_grad[i] for i in (0, 1, 2, 4))))
             inputs = [t for t, need in wanted if need]
             grads = iter(torch.autograd.grad(
                 output, inputs, grad_output, create_graph=True))
@@ -112,6 +96,21 @@ class RecomposingConv2d(torch.autograd.Function):
             grad_input = grad_input.to(ctx.input_dtype)
         return (grad_input, grad_weight, grad_d, None, grad_bias, None, None,
                 None, None, None, None)
+
+
+def _composed_conv(conv_input: Tensor, weight: Tensor,
+                   d_minus_identity: Tensor, identity: Tensor,
+                   bias: Optional[Tensor], conv_args: tuple) -> Tensor:
+    """``conv2d(conv_input, W')``: composition in the parameters' dtype, the
+    conv in the autocast dtype (``conv_input`` is already in it)."""
+    (kernel_size, stride, padding, dilation, groups,
+     autocast_dtype) = conv_args
+    with torch.autocast(conv_input.device.type, enabled=False):
+        kernel = compose_kernel(weight, d_minus_identity, identity,
+                                kernel_size, groups)
+        return F.conv2d(conv_input, _lower_precision(kernel, autocast_dtype),
+                        _lower_precision(bias, autocast_dtype), stride,
+                        padding, dilation, groups)
 
 
 def _recompose(weight: Tensor, d_minus_identity: Tensor, identity: Tensor,
