@@ -275,7 +275,9 @@ def test_cache_follows_ema_style_data_swaps():
 
 
 @pytest.mark.parametrize('recompute_kernel', [True, False])
-def test_autocast_composes_in_float32(monkeypatch, recompute_kernel):
+@pytest.mark.parametrize('input_needs_grad', [True, False])
+def test_autocast_composes_in_float32(monkeypatch, recompute_kernel,
+                                      input_needs_grad):
     layer = DOConv2d(4, 4, 3, padding=1, recompute_kernel=recompute_kernel)
     with torch.no_grad():
         layer.D.normal_()
@@ -294,13 +296,19 @@ def test_autocast_composes_in_float32(monkeypatch, recompute_kernel):
                          (recomposing_module, 'compose_kernel'),
                          (recomposing_module, 'compose_rows')):
         monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    x = torch.randn(1, 4, 5, 5, requires_grad=input_needs_grad)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = layer(torch.randn(1, 4, 5, 5))
+        out = layer(x)
     out.float().sum().backward()
-    # One composition in the forward, one more in the backward if recomposed.
-    assert seen == [torch.float32] * (2 if recompute_kernel else 1)
+    # One composition in the forward, one more in the backward if recomposed
+    # (not for an input without gradient: grad W' does not read W').
+    recomposed = recompute_kernel and input_needs_grad
+    assert seen == [torch.float32] * (2 if recomposed else 1)
     assert out.dtype == torch.bfloat16
     assert layer.weight.grad.dtype == layer.D.grad.dtype == torch.float32
+    assert layer.D.grad.abs().sum() > 0
+    if input_needs_grad:
+        assert x.grad.dtype == torch.float32
 
 
 def test_pointwise_is_plain():

@@ -70,6 +70,41 @@ def test_same_forward_and_gradients_as_keeping_w(options, backend):
     torch.testing.assert_close(grad_x, plain_grad_x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('options', [dict(), dict(groups=4),
+                                     dict(D_mul=20, bias=False)])
+def test_input_without_gradient_composes_once(options, monkeypatch):
+    """A layer fed a tensor that needs no gradient (a stem, the first layer
+    after a frozen stage) gets the W, D and bias gradients of the layer that
+    keeps W', and its backward composes nothing: the forward's composition is
+    the only one."""
+    import mmdoconv.cnn.recomposing_conv as recomposing_conv
+    recomposing, keeping = _layers(**options)
+    x = torch.randn(2, 8, 11, 13)
+    grad = torch.randn_like(keeping(x))
+    calls = []
+    compose_rows = recomposing_conv.compose_rows
+
+    def counting_compose_rows(*args, **kwargs):
+        calls.append(args[0].shape)
+        return compose_rows(*args, **kwargs)
+
+    monkeypatch.setattr(recomposing_conv, 'compose_rows',
+                        counting_compose_rows)
+    recomposing(x).backward(grad)
+    keeping(x).backward(grad)
+    expected = {name: getattr(keeping, name).grad
+                for name in ('weight', 'D', 'bias')
+                if getattr(keeping, name) is not None}
+    got = {name: getattr(recomposing, name).grad.clone() for name in expected}
+    assert len(calls) == 0  # the forward composes through compose_kernel
+    # the spy sees the backward's recomposition when there is one
+    recomposing(x.clone().requires_grad_()).backward(grad)
+    assert len(calls) == 1
+    for name, grad_of_keeping in expected.items():
+        assert got[name].abs().sum() > 0, name
+        torch.testing.assert_close(got[name], grad_of_keeping, msg=name)
+
+
 @pytest.mark.parametrize('recompute_kernel', [True, False])
 def test_autograd_keeps_no_composed_kernel(recompute_kernel):
     """Every tensor autograd saves is the input or one of the layer's own

@@ -115,20 +115,25 @@ def _composed_conv(conv_input: Tensor, weight: Tensor,
 
 def _recompose(weight: Tensor, d_minus_identity: Tensor, identity: Tensor,
                kernel_size: Tuple[int, int], groups: int, need_weight: bool,
-               need_d: bool) -> Tuple[Tensor, Callable]:
+               need_d: bool,
+               need_kernel: bool = True) -> Tuple[Optional[Tensor], Callable]:
     """``W'`` again, and a function from grad W' to ``(grad W, grad D)``.
 
     The fused kernels are called directly (no autograd graph for one
     backward step); the pure-PyTorch composition differentiates a small
-    graph of its own.
+    graph of its own.  With ``need_kernel=False`` the fused path composes
+    nothing and returns None for ``W'`` (its gradients read only ``W``, ``D``
+    and grad W').
     """
     out_channels, in_per_group = weight.shape[:2]
     d_full = d_minus_identity + identity
     rows = weight.reshape(out_channels, in_per_group, d_full.shape[-1])
     backend = fused_backend(weight)
     if backend is not None:
-        kernel = compose_rows(rows, d_full, groups, backend).reshape(
-            out_channels, in_per_group, *kernel_size)
+        kernel = None
+        if need_kernel:
+            kernel = compose_rows(rows, d_full, groups, backend).reshape(
+                out_channels, in_per_group, *kernel_size)
 
         def gradients(grad_kernel: Tensor):
             grad_rows, grad_d = compose_rows_backward(
@@ -167,14 +172,21 @@ def _backward(grad_output: Tensor, conv_input: Tensor, weight: Tensor,
     need_kernel = need_weight or need_d
     kernel, compose_gradients = _recompose(weight, d_minus_identity,
                                            identity, kernel_size, groups,
-                                           need_weight, need_d)
+                                           need_weight, need_d, need_input)
+    kernel_dtype = weight.dtype
+    if kernel is None:
+        # No input gradient (a stem fed the image, the first layer after a
+        # frozen stage): the conv's weight gradient reads only the input and
+        # grad_output, so W' is not composed again; the conv gets a
+        # placeholder of its shape, as torch.nn.grad.conv2d_weight passes.
+        kernel = _lower_precision(weight.new_empty(1), autocast_dtype).expand(
+            weight.shape[0], weight.shape[1], *kernel_size)
     grad_input, grad_kernel, grad_bias = torch.ops.aten.convolution_backward(
         grad_output.to(conv_input.dtype), conv_input,
         _lower_precision(kernel, autocast_dtype),
         None if bias is None else [bias.shape[0]], list(stride),
         list(padding), list(dilation), False, [0, 0], groups,
         [need_input, need_kernel, need_bias and bias is not None])
-    kernel_dtype = kernel.dtype
     # W' is done with: freed before grad W (as large) is allocated, the
     # allocator can hand its memory straight over instead of returning it
     # to the OS and faulting fresh pages in.
