@@ -48,9 +48,13 @@ def _pretrain(name, tmp_path, synthetic_data):
 def _reference_backbone(state, backbone_type):
     """The pre-trained backbone itself, built by mmpretrain."""
     from mmpretrain.registry import MODELS
-    backbone = MODELS.build(dict(type=backbone_type, depth=50,
-                                 conv_cfg=dict(type='DOConv'),
-                                 out_indices=(0, 1, 2, 3)))
+
+    # In mmpretrain's scope whatever default scope an earlier test's Runner
+    # left behind (one left 'mmengine', whose registry has no ResNet).
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        backbone = MODELS.build(dict(type=backbone_type, depth=50,
+                                     conv_cfg=dict(type='DOConv'),
+                                     out_indices=(0, 1, 2, 3)))
     backbone.load_state_dict({k[len('backbone.'):]: v for k, v in
                               state.items() if k.startswith('backbone.')},
                              strict=True)
