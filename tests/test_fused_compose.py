@@ -109,6 +109,38 @@ def test_only_the_gradients_asked_for():
     torch.testing.assert_close(only_d[1], both[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize('groups,in_per_group,out_per_group,d_mul', [
+    (1, 40, 70, 9),  # 70 rows per task: more than one 32-row block
+    (4, 3, 5, 9), (2, 3, 4, 13)])  # grouped; D_mul > M*N
+def test_cpp_in_place_gradient_and_given_memory(groups, in_per_group,
+                                                out_per_group, d_mul):
+    """``compose_backward(in_place=True)`` gives the gradients of the
+    allocating call and, in the row form, writes grad W over grad W';
+    ``compose_forward(out=...)`` writes W' into the given memory."""
+    case = dict(groups=groups, in_per_group=in_per_group,
+                out_per_group=out_per_group, positions=9, d_mul=d_mul)
+    weight, d_full = make_tensors(case, torch.float32, 7)
+    module = load_extension()[0]
+    grad = torch.randn(groups * out_per_group, in_per_group, 9)
+    expected = module.compose_backward(grad, weight, d_full, groups, True,
+                                       True)
+    handed_over = grad.clone()
+    got = module.compose_backward(handed_over, weight, d_full, groups, True,
+                                  True, in_place=True)
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], expected[1], rtol=0, atol=0)
+    written_over = got[0].data_ptr() == handed_over.data_ptr()
+    assert written_over == (d_mul == 9)  # the row form only
+    memory = torch.full((weight.shape[0] * in_per_group * 9 + 5, ), 7.0)
+    composed = module.compose_forward(weight, d_full, groups, memory)
+    assert composed.data_ptr() == memory.data_ptr()
+    torch.testing.assert_close(composed, reference(weight, d_full, groups),
+                               rtol=1e-5, atol=1e-6)
+    assert torch.equal(memory[-5:], torch.full((5, ), 7.0))
+    with pytest.raises(RuntimeError, match='at least'):
+        module.compose_forward(weight, d_full, groups, memory[:10])
+
+
 def test_bfloat16_composes_in_float32():
     case = dict(groups=1, in_per_group=16, out_per_group=8, positions=9,
                 d_mul=9)

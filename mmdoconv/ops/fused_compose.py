@@ -120,14 +120,22 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def compose_rows(weight: Tensor, d_full: Tensor, groups: int,
-                 backend: str) -> Tensor:
+def compose_rows(weight: Tensor, d_full: Tensor, groups: int, backend: str,
+                 out: Optional[Tensor] = None) -> Tensor:
     """``W'`` from the fused kernel of ``backend``, without autograd.
 
     Shapes: ``weight (C_out, C_in/groups, D_mul)``, ``d_full (C_in, M*N,
     D_mul)``; returns ``(C_out, C_in/groups, M*N)`` in W's dtype.
+
+    Args:
+        out: Optional memory for ``W'`` (contiguous, W's dtype, at least as
+            many elements), used by the C++ kernel where W composes in its
+            own dtype (float32, float64); the result is then a view of it.
     """
     dtype = _compute_dtype(weight.dtype)
+    if backend == 'cpp' and out is not None and weight.dtype == dtype:
+        return _ops(backend).compose_forward(weight, d_full.to(dtype), groups,
+                                             out)
     out = _ops(backend).compose_forward(weight.to(dtype), d_full.to(dtype),
                                         groups)
     return out.to(weight.dtype)
@@ -135,13 +143,22 @@ def compose_rows(weight: Tensor, d_full: Tensor, groups: int,
 
 def compose_rows_backward(grad: Tensor, weight: Tensor, d_full: Tensor,
                           groups: int, backend: str, need_weight: bool,
-                          need_d: bool):
+                          need_d: bool, in_place: bool = False):
     """``(grad W, grad D)`` of :func:`compose_rows` for ``grad`` = grad W'
-    (None where not needed), in W's and D's dtypes."""
+    (None where not needed), in W's and D's dtypes.
+
+    With ``in_place=True`` the caller hands ``grad`` over: the C++ kernel
+    may write grad W over it (saves one allocation of W's size).
+    """
     dtype = _compute_dtype(weight.dtype)
-    grad_weight, grad_d = _ops(backend).compose_backward(
-        grad.to(dtype), weight.to(dtype), d_full.to(dtype), groups,
-        need_weight, need_d)
+    if backend == 'cpp':
+        grad_weight, grad_d = _ops(backend).compose_backward(
+            grad.to(dtype), weight.to(dtype), d_full.to(dtype), groups,
+            need_weight, need_d, in_place)
+    else:
+        grad_weight, grad_d = _ops(backend).compose_backward(
+            grad.to(dtype), weight.to(dtype), d_full.to(dtype), groups,
+            need_weight, need_d)
     if grad_weight is not None:
         grad_weight = grad_weight.to(weight.dtype)
     if grad_d is not None:

@@ -120,10 +120,11 @@ DOCONV_INLINE void shift_rows(const T* const* x, const T* table, T* const* y, in
   for (; j < row; ++j) scalar(j);
 }
 
-// Rows [begin, end) of y = shift-apply(x, tables of each row's group).
+// Rows [begin, end) of y = shift-apply(x, tables of each row's group); row
+// o of the result goes to row o - y_first of y.
 template <typename T, int kBytes>
 DOCONV_INLINE void shift_apply(const Shape& sh, const T* x, const T* tables, T* y,
-                               int64_t begin, int64_t end) {
+                               int64_t begin, int64_t end, int64_t y_first = 0) {
   constexpr int kRows = 4;
   const int64_t row = sh.row(), shifts = 2 * sh.positions - 1;
   int64_t o = begin;
@@ -136,13 +137,13 @@ DOCONV_INLINE void shift_apply(const Shape& sh, const T* x, const T* tables, T* 
       T* ys[kRows];
       for (int r = 0; r < kRows; ++r) {
         xs[r] = x + (o + r) * row;
-        ys[r] = y + (o + r) * row;
+        ys[r] = y + (o + r - y_first) * row;
       }
       shift_rows<T, kBytes, kRows>(xs, table, ys, row, sh.positions);
     }
     for (; o < group_end; ++o) {
       const T* xs[1] = {x + o * row};
-      T* ys[1] = {y + o * row};
+      T* ys[1] = {y + (o - y_first) * row};
       shift_rows<T, kBytes, 1>(xs, table, ys, row, sh.positions);
     }
   }
@@ -199,16 +200,29 @@ DOCONV_INLINE void shift_correlate(const Shape& sh, const T* g, const T* w, T* a
   }
 }
 
+constexpr int64_t kBackwardBlock = 32;  // 32 rows of G and W: about 1 MB at 512 channels
+
 // Both gradients for rows [begin, end), a block of rows at a time so the
-// block's rows of G, read for grad W, are still in cache for grad D.
+// block's rows of G, read for grad D, are still in cache for grad W.  With
+// grad_weight == g (in place), each block of grad W is computed into
+// `scratch` (kBackwardBlock rows) and copied over the block of G, which grad
+// D has read by then.
 template <typename T, int kBytes>
 DOCONV_INLINE void shift_backward(const Shape& sh, const T* g, const T* w, const T* tables,
-                                  T* grad_weight, T* acc, int64_t begin, int64_t end) {
-  constexpr int64_t kBlock = 32;  // 32 rows of G and W: about 1 MB at 512 channels
-  for (int64_t o0 = begin; o0 < end; o0 += kBlock) {
-    const int64_t o1 = std::min(end, o0 + kBlock);
-    if (grad_weight != nullptr) shift_apply<T, kBytes>(sh, g, tables, grad_weight, o0, o1);
+                                  T* grad_weight, T* acc, T* scratch, int64_t begin,
+                                  int64_t end) {
+  const int64_t row = sh.row();
+  const bool in_place = grad_weight == g;
+  for (int64_t o0 = begin; o0 < end; o0 += kBackwardBlock) {
+    const int64_t o1 = std::min(end, o0 + kBackwardBlock);
     if (acc != nullptr) shift_correlate<T, kBytes>(sh, g, w, acc, o0, o1);
+    if (grad_weight == nullptr) continue;
+    if (in_place) {
+      shift_apply<T, kBytes>(sh, g, tables, scratch, o0, o1, o0);
+      std::memcpy(grad_weight + o0 * row, scratch, sizeof(T) * (o1 - o0) * row);
+    } else {
+      shift_apply<T, kBytes>(sh, g, tables, grad_weight, o0, o1);
+    }
   }
 }
 
@@ -266,7 +280,7 @@ DOCONV_INLINE void direct_backward(const Shape& sh, const T* grad, const T* weig
 template <typename T>
 struct Kernels {
   void (*shift_apply)(const Shape&, const T*, const T*, T*, int64_t, int64_t);
-  void (*shift_backward)(const Shape&, const T*, const T*, const T*, T*, T*, int64_t,
+  void (*shift_backward)(const Shape&, const T*, const T*, const T*, T*, T*, T*, int64_t,
                          int64_t);
   void (*direct_forward)(const Shape&, const T*, const T*, T*, int64_t, int64_t);
   void (*direct_backward)(const Shape&, const T*, const T*, const T*, T*, T*, int64_t,
@@ -279,9 +293,9 @@ struct Kernels {
     shift_apply<T, BYTES>(sh, x, tables, y, b, e);                                       \
   }                                                                                      \
   ATTR void shift_backward_##SUFFIX(const Shape& sh, const T* g, const T* w,            \
-                                    const T* tables, T* gw, T* acc, int64_t b,           \
-                                    int64_t e) {                                         \
-    shift_backward<T, BYTES>(sh, g, w, tables, gw, acc, b, e);                           \
+                                    const T* tables, T* gw, T* acc, T* scratch,          \
+                                    int64_t b, int64_t e) {                              \
+    shift_backward<T, BYTES>(sh, g, w, tables, gw, acc, scratch, b, e);                  \
   }                                                                                      \
   ATTR void direct_forward_##SUFFIX(const Shape& sh, const T* w, const T* d, T* y,      \
                                     int64_t b, int64_t e) {                              \
@@ -373,15 +387,28 @@ int64_t grain_size(const Shape& sh) {
   return std::max<int64_t>(1, 32768 / per_row);
 }
 
+// `out_in`, when given, is memory for W' (a contiguous tensor of W's dtype
+// with at least C_out * C_in/groups * M*N elements): W' is written into its
+// first elements and returned as a view of it.
 at::Tensor compose_forward(const at::Tensor& weight_in, const at::Tensor& d_in,
-                           int64_t groups) {
+                           int64_t groups, const c10::optional<at::Tensor>& out_in) {
   const Shape sh = shape_of(weight_in, d_in, groups);
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor d_full = d_in.contiguous();
   const bool rows = sh.positions == sh.d_mul;
   const at::Tensor tables = rows ? shift_tables(d_full, sh, false) : at::Tensor();
-  at::Tensor out = at::empty({sh.out_channels, sh.in_per_group, sh.positions},
-                             weight.options());
+  const int64_t numel = sh.out_channels * sh.in_per_group * sh.positions;
+  at::Tensor out;
+  if (out_in.has_value()) {
+    TORCH_CHECK(out_in->is_contiguous() && out_in->scalar_type() == weight.scalar_type() &&
+                    out_in->device().is_cpu() && out_in->numel() >= numel,
+                "out must be a contiguous CPU tensor of W's dtype with at least ", numel,
+                " elements");
+    out = out_in->view({-1}).narrow(0, 0, numel).view(
+        {sh.out_channels, sh.in_per_group, sh.positions});
+  } else {
+    out = at::empty({sh.out_channels, sh.in_per_group, sh.positions}, weight.options());
+  }
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "doconv_compose_forward", [&] {
     const scalar_t* w = weight.data_ptr<scalar_t>();
     scalar_t* y = out.data_ptr<scalar_t>();
@@ -418,9 +445,11 @@ at::Tensor grad_d_from_correlations(const at::Tensor& correlations, const Shape&
   return grad_d;
 }
 
+// With in_place, the caller hands `grad_in` over: where the row form applies
+// grad W is written over it (one allocation of W's size less per call).
 std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Tensor& weight_in,
                                          const at::Tensor& d_in, int64_t groups,
-                                         bool need_weight, bool need_d) {
+                                         bool need_weight, bool need_d, bool in_place) {
   const Shape sh = shape_of(weight_in, d_in, groups);
   TORCH_CHECK(grad_in.numel() == sh.out_channels * sh.in_per_group * sh.positions,
               "grad of W' has ", grad_in.numel(), " elements, expected ",
@@ -430,7 +459,12 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
   const at::Tensor d_full = d_in.contiguous();
   const bool rows = sh.positions == sh.d_mul;
   at::Tensor grad_weight, grad_d;
-  if (need_weight) grad_weight = at::empty_like(weight);
+  const bool write_over_grad = in_place && rows && need_weight;
+  if (write_over_grad) {
+    grad_weight = grad.view(weight.sizes());
+  } else if (need_weight) {
+    grad_weight = at::empty_like(weight);
+  }
   // grad D sums over output channels: each task adds into its own buffer and
   // the buffers are summed at the end (deterministic for a given thread
   // count, no atomics).
@@ -452,10 +486,11 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
     if (rows) {
       const scalar_t* tab = need_weight ? tables.data_ptr<scalar_t>() : nullptr;
       at::parallel_for(0, tasks, 1, [&](int64_t tb, int64_t te) {
+        std::vector<scalar_t> scratch(write_over_grad ? kBackwardBlock * sh.row() : 0);
         for (int64_t t = tb; t < te; ++t) {
           kernels<scalar_t>().shift_backward(sh, g, w, tab, gw,
                                              need_d ? acc + t * per_task : nullptr,
-                                             t * sh.out_channels / tasks,
+                                             scratch.data(), t * sh.out_channels / tasks,
                                              (t + 1) * sh.out_channels / tasks);
         }
       });
@@ -478,9 +513,9 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused DO-Conv kernel composition (CPU)";
   m.def("compose_forward", &compose_forward, "W' = D^T o W",
-        py::arg("weight"), py::arg("d_full"), py::arg("groups"));
+        py::arg("weight"), py::arg("d_full"), py::arg("groups"), py::arg("out") = py::none());
   m.def("compose_backward", &compose_backward, "grad W and grad D of W' = D^T o W",
         py::arg("grad"), py::arg("weight"), py::arg("d_full"), py::arg("groups"),
-        py::arg("need_weight"), py::arg("need_d"));
+        py::arg("need_weight"), py::arg("need_d"), py::arg("in_place") = false);
   m.def("instruction_set", &instruction_set, "the vector instructions the kernels use here");
 }
