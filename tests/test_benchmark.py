@@ -87,3 +87,36 @@ def test_model_table_states_peak_memory_medians_and_spread():
     assert '| M (batch 2) | 10.000 | 11.000 (1.100, 1.10-1.10) |' in row
     # median ratio 1020/1000; per-run ratios 1000/990 .. 1030/1010
     assert '| 1000, 1020 (1.020, 1.010-1.020) |' in row
+
+
+def test_benchmark_layers_take_input_gradient_unless_told(tmp_path,
+                                                          monkeypatch):
+    """By default a layer's train step computes its input's gradient (an
+    interior layer); ``--no-input-grad`` times a stem (weight gradients
+    only).  The JSON and the printed caption say which."""
+    from mmdoconv.utils import benchmark
+    seen = set()
+    real_layers = benchmark._layers
+
+    def spying_layers(channels, device):
+        layers = real_layers(channels, device)
+        for layer in layers.values():
+            layer.register_forward_hook(
+                lambda module, args, out: seen.add(
+                    (torch.is_grad_enabled(), args[0].requires_grad)))
+        return layers
+
+    monkeypatch.setattr(benchmark, '_layers', spying_layers)
+    for input_grad in (True, False):
+        seen.clear()
+        result = benchmark.benchmark_layer(8, 6, batch=2, repeats=1, warmup=0,
+                                           input_grad=input_grad)
+        assert result.input_grad is input_grad
+        # train steps (grad mode) see the input as asked; eval steps none
+        assert seen == {(True, input_grad), (False, input_grad)}
+    out = tmp_path / 'stem.json'
+    printed = run_tool('tools/analysis_tools/benchmark.py', '--shapes', '8x6',
+                       '--repeats', '1', '--warmup', '0', '--no-input-grad',
+                       '--out', str(out)).stdout
+    assert 'train step with weight gradients only' in printed
+    assert json.loads(out.read_text())['layers'][0]['input_grad'] is False

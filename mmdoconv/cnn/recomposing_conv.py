@@ -221,10 +221,18 @@ def _backward(grad_output: Tensor, conv_input: Tensor, weight: Tensor,
     if kernel is None:
         # No input gradient (a stem fed the image, the first layer after a
         # frozen stage): the conv's weight gradient reads only the input and
-        # grad_output, so W' is not composed again; the conv gets a
-        # placeholder of its shape, as torch.nn.grad.conv2d_weight passes.
-        kernel = _lower_precision(weight.new_empty(1), autocast_dtype).expand(
-            weight.shape[0], weight.shape[1], *kernel_size)
+        # grad_output, so W' is not composed again and the conv gets a
+        # stand-in of its shape whose values it never reads: W itself where
+        # the shapes agree (D_mul = M*N).  (The expanded one-element tensor
+        # torch.nn.grad.conv2d_weight passes is materialised: 1.3-1.8 ms more
+        # per call at 512 channels, 7x7, on a 2-core CPU.)
+        kernel_shape = (weight.shape[0], weight.shape[1], *kernel_size)
+        conv_dtype = _lower_precision(weight[:0], autocast_dtype).dtype
+        if conv_dtype == weight.dtype and weight[0, 0].numel() == \
+                kernel_size[0] * kernel_size[1]:
+            kernel = weight.reshape(kernel_shape)
+        else:
+            kernel = weight.new_empty(kernel_shape, dtype=conv_dtype)
     grad_input, grad_kernel, grad_bias = torch.ops.aten.convolution_backward(
         grad_output.to(conv_input.dtype), conv_input,
         _lower_precision(kernel, autocast_dtype),

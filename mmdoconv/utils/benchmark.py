@@ -130,6 +130,7 @@ class LayerResult:
     size: int
     batch: int
     amp: Optional[str] = None
+    input_grad: bool = True
     train: Dict[str, Dict] = field(default_factory=dict)
     eval: Dict[str, Dict] = field(default_factory=dict)
 
@@ -161,7 +162,8 @@ def amp_dtype(device: torch.device) -> torch.dtype:
 
 def benchmark_layer(channels: int, size: int, batch: int = 8,
                     repeats: int = 10, warmup: int = 3,
-                    device: str = 'cpu', amp: bool = False) -> LayerResult:
+                    device: str = 'cpu', amp: bool = False,
+                    input_grad: bool = True) -> LayerResult:
     """Train-step and eval-forward times of the layer variants.
 
     ``doconv`` composes with the fused kernel where one is available and
@@ -170,10 +172,14 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
     pure PyTorch and keeps W' (DO-Conv before both); eval reuses the cached
     composed kernel, so there only ``doconv`` is timed.  With ``amp`` every
     forward runs under autocast (:func:`amp_dtype`); parameters stay fp32.
+    With ``input_grad`` (default) the train step computes the input's
+    gradient too, as every layer of a network but the first does; without
+    it the layer is a stem fed the image (the weight gradients only).
     """
     device = torch.device(device)
     layers = _layers(channels, device)
-    x = torch.randn(batch, channels, size, size, device=device)
+    x = torch.randn(batch, channels, size, size, device=device,
+                    requires_grad=input_grad)
     grad = torch.randn(batch, channels, size, size, device=device)
     dtype = amp_dtype(device) if amp else None
     if amp:
@@ -189,6 +195,7 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
 
         def step() -> None:
             layer.zero_grad(set_to_none=True)
+            x.grad = None
             with force_backend(backend):
                 with autocast():
                     out = layer(x)
@@ -204,7 +211,7 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
 
     result = LayerResult(channels, size, batch,
                          amp=str(dtype).replace('torch.', '') if amp
-                         else None)
+                         else None, input_grad=input_grad)
     result.train = interleaved_medians(
         {n: train_step(l, 'torch' if n == 'doconv_torch' else None)
          for n, l in layers.items() if n != 'folded'},
@@ -219,15 +226,17 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
 
 
 def profile_layer(channels: int, size: int, batch: int = 8,
-                  device: str = 'cpu', steps: int = 10,
-                  rows: int = 8) -> Dict[str, str]:
+                  device: str = 'cpu', steps: int = 10, rows: int = 8,
+                  input_grad: bool = True) -> Dict[str, str]:
     """``torch.profiler`` tables (self time, top ``rows`` ops) of the DO-Conv
     train step: fused composition (W' recomposed in the backward, and W'
-    kept) and pure-PyTorch composition (W' kept)."""
+    kept) and pure-PyTorch composition (W' kept); ``input_grad`` as in
+    :func:`benchmark_layer`."""
     from torch.profiler import ProfilerActivity, profile
     device = torch.device(device)
     layers = _layers(channels, device)
-    x = torch.randn(batch, channels, size, size, device=device)
+    x = torch.randn(batch, channels, size, size, device=device,
+                    requires_grad=input_grad)
     grad = torch.randn(batch, channels, size, size, device=device)
     activities = [ProfilerActivity.CPU]
     if device.type == 'cuda':
@@ -239,6 +248,7 @@ def profile_layer(channels: int, size: int, batch: int = 8,
 
         def step() -> None:
             layer.zero_grad(set_to_none=True)
+            x.grad = None
             with force_backend(backend):
                 layer(x).backward(grad)
 

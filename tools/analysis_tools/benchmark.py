@@ -5,6 +5,7 @@
     python tools/analysis_tools/benchmark.py --models det seg cls # + model level
     python tools/analysis_tools/benchmark.py --shapes 512x7 --profile  # + torch.profiler
     python tools/analysis_tools/benchmark.py --amp                # fp16 (GPU) / bf16 (CPU) autocast
+    python tools/analysis_tools/benchmark.py --no-input-grad      # layers as a stem (weight grads only)
 
 Variants are interleaved (A B A B ...) and each time is the median after
 warm-up.  Prints markdown tables and the machine; writes JSON (--out).
@@ -64,6 +65,13 @@ def main() -> None:
                         help='mixed precision: layers under autocast (fp16 on '
                         'CUDA, bf16 on CPU), models with the tools\' --amp '
                         'optimizer wrapper')
+    parser.add_argument('--no-input-grad', dest='input_grad',
+                        action='store_false',
+                        help='layer train steps without the input gradient '
+                        '(a stem fed the image: the README\'s earlier tables '
+                        'timed this case); by default the input needs a '
+                        'gradient, as every layer of a network but the first '
+                        'does')
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     args = parser.parse_args()
     for name in ('batch', 'repeats', 'model_repeats', 'rss_runs', 'threads'):
@@ -83,15 +91,19 @@ def main() -> None:
               flush=True)
         layers.append(benchmark_layer(channels, size, args.batch,
                                       args.repeats, args.warmup, args.device,
-                                      args.amp))
+                                      args.amp, args.input_grad))
     precision = ('AMP, ' + str(amp_dtype(torch.device(args.device))).replace(
         'torch.', '') + ' autocast') if args.amp else 'fp32'
-    print('\nLayer level (3x3, stride 1, batch %d, %s, median of %d):\n'
-          % (args.batch, precision, args.repeats))
+    gradients = ('input and weight gradients' if args.input_grad else
+                 'weight gradients only, no input gradient')
+    print('\nLayer level (3x3, stride 1, batch %d, %s, train step with %s, '
+          'median of %d):\n' % (args.batch, precision, gradients,
+                                 args.repeats))
     print(layer_table(layers))
     if args.profile:
         for channels, size in args.shapes:
-            tables = profile_layer(channels, size, args.batch, args.device)
+            tables = profile_layer(channels, size, args.batch, args.device,
+                                   input_grad=args.input_grad)
             for name, title in (
                     ('doconv', 'fused composition'),
                     ('doconv_keep', "fused composition, W' kept"),
