@@ -43,19 +43,26 @@ def test_benchmark_rejects_bad_shape(tmp_path):
     assert result.returncode == 2 and "got '64by7'" in result.stderr
 
 
-def test_benchmark_amp_runs_layers_under_autocast(tmp_path, monkeypatch):
+def _hook_every_layer(monkeypatch, forward_hook):
+    """Register ``forward_hook`` on every layer variant the benchmark
+    builds."""
     from mmdoconv.utils import benchmark
-    dtypes = set()
     real_layers = benchmark._layers
 
-    def spying_layers(channels, device):
+    def hooked_layers(channels, device):
         layers = real_layers(channels, device)
         for layer in layers.values():
-            layer.register_forward_hook(
-                lambda module, args, out: dtypes.add(out.dtype))
+            layer.register_forward_hook(forward_hook)
         return layers
 
-    monkeypatch.setattr(benchmark, '_layers', spying_layers)
+    monkeypatch.setattr(benchmark, '_layers', hooked_layers)
+    return benchmark
+
+
+def test_benchmark_amp_runs_layers_under_autocast(tmp_path, monkeypatch):
+    dtypes = set()
+    benchmark = _hook_every_layer(
+        monkeypatch, lambda module, args, out: dtypes.add(out.dtype))
     result = benchmark.benchmark_layer(8, 6, batch=2, repeats=1, warmup=0,
                                        amp=True)
     assert result.amp == 'bfloat16' and dtypes == {torch.bfloat16}
@@ -94,19 +101,10 @@ def test_benchmark_layers_take_input_gradient_unless_told(tmp_path,
     """By default a layer's train step computes its input's gradient (an
     interior layer); ``--no-input-grad`` times a stem (weight gradients
     only).  The JSON and the printed caption say which."""
-    from mmdoconv.utils import benchmark
     seen = set()
-    real_layers = benchmark._layers
-
-    def spying_layers(channels, device):
-        layers = real_layers(channels, device)
-        for layer in layers.values():
-            layer.register_forward_hook(
-                lambda module, args, out: seen.add(
-                    (torch.is_grad_enabled(), args[0].requires_grad)))
-        return layers
-
-    monkeypatch.setattr(benchmark, '_layers', spying_layers)
+    benchmark = _hook_every_layer(
+        monkeypatch, lambda module, args, out: seen.add(
+            (torch.is_grad_enabled(), args[0].requires_grad)))
     for input_grad in (True, False):
         seen.clear()
         result = benchmark.benchmark_layer(8, 6, batch=2, repeats=1, warmup=0,

@@ -32,10 +32,10 @@ def _kernel_memory(weight: Tensor, numel: int) -> Optional[Tensor]:
     call, reused by every DO-Conv layer of the thread (CPU, float32/64).
 
     The recomposing path makes a W' twice per layer and step and drops it
-    at once.  PyTorch's CPU allocator hands a tensor of several MB back to
-    the OS when it is freed, so each new W' faults its pages in again (about
-    a fifth of the composition's time at 512 channels); on CUDA the caching
-    allocator already reuses the memory.  The buffer grows to the thread's
+    at once.  PyTorch's CPU allocator (glibc) can hand a tensor of several
+    MB back to the OS when it is freed, and each new W' then faults its
+    pages in again; on CUDA the caching allocator already reuses the
+    memory.  The buffer grows to the thread's
     largest W' and stays (one kernel's worth, next to the one per layer that
     keeping W' would hold at the peak).
     """
