@@ -286,3 +286,34 @@ def test_mmdet_resnet_with_cp_trains_as_without():
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4,
                                    atol=1e-5 * scale, msg=name)
     assert doconv_layers == 17
+
+
+def test_recomposed_kernels_share_one_buffer_on_cpu(monkeypatch):
+    """On CPU every recomposition (forward and backward, any layer of the
+    thread) writes W' into one reused buffer, grown to the largest W'; the
+    gradients stay those of the W'-keeping layers."""
+    import mmdoconv.cnn.recomposing_conv as recomposing_conv
+    small, small_keeping = _layers()  # W' (16, 8, 3, 3)
+    large, large_keeping = _layers(groups=1, kernel_size=5, padding=2)
+    x = torch.randn(2, 8, 9, 9, requires_grad=True)
+    pointers = []
+    compose_rows = recomposing_conv.compose_rows
+
+    def recording_compose_rows(*args, out=None, **kwargs):
+        kernel = compose_rows(*args, out=out, **kwargs)
+        pointers.append(kernel.data_ptr())
+        return kernel
+
+    monkeypatch.setattr(recomposing_conv, 'compose_rows',
+                        recording_compose_rows)
+    for layer, keeping in ((small, small_keeping), (large, large_keeping)):
+        grad = torch.randn_like(keeping(x))
+        layer(x).backward(grad)
+        keeping(x).backward(grad)
+        torch.testing.assert_close(layer.weight.grad, keeping.weight.grad)
+        torch.testing.assert_close(layer.D.grad, keeping.D.grad)
+    buffer = recomposing_conv._workspaces.buffers[torch.float32]
+    assert buffer.numel() >= 16 * 8 * 25
+    # two compositions per layer; the large layer's both in the grown buffer
+    assert len(pointers) == 4 and len(set(pointers[2:])) == 1
+    assert pointers[2] == buffer.data_ptr()
