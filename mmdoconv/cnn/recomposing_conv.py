@@ -141,15 +141,29 @@ def _composed_conv(conv_input: Tensor, weight: Tensor,
     (kernel_size, stride, padding, dilation, groups,
      autocast_dtype) = conv_args
     with torch.autocast(conv_input.device.type, enabled=False):
-        if reuse_memory:
-            kernel, _ = _recompose(weight, d_minus_identity, identity,
-                                   kernel_size, groups, False, False)
+        backend = fused_backend(weight) if reuse_memory else None
+        if backend is not None:
+            kernel = _compose_in_memory(weight, d_minus_identity + identity,
+                                        kernel_size, groups, backend)
         else:
             kernel = compose_kernel(weight, d_minus_identity, identity,
                                     kernel_size, groups)
         return F.conv2d(conv_input, _lower_precision(kernel, autocast_dtype),
                         _lower_precision(bias, autocast_dtype), stride,
                         padding, dilation, groups)
+
+
+def _compose_in_memory(weight: Tensor, d_full: Tensor,
+                       kernel_size: Tuple[int, int], groups: int,
+                       backend: str) -> Tensor:
+    """``W'`` from the fused kernel, written into :func:`_kernel_memory`
+    where there is one (CPU), without autograd."""
+    out_channels, in_per_group = weight.shape[:2]
+    rows = weight.reshape(out_channels, in_per_group, d_full.shape[-1])
+    memory = _kernel_memory(
+        weight, out_channels * in_per_group * kernel_size[0] * kernel_size[1])
+    return compose_rows(rows, d_full, groups, backend, out=memory).reshape(
+        out_channels, in_per_group, *kernel_size)
 
 
 def _recompose(weight: Tensor, d_minus_identity: Tensor, identity: Tensor,
@@ -169,13 +183,8 @@ def _recompose(weight: Tensor, d_minus_identity: Tensor, identity: Tensor,
     rows = weight.reshape(out_channels, in_per_group, d_full.shape[-1])
     backend = fused_backend(weight)
     if backend is not None:
-        kernel = None
-        if need_kernel:
-            kernel = compose_rows(
-                rows, d_full, groups, backend,
-                out=_kernel_memory(weight, weight.shape[0] * in_per_group *
-                                   kernel_size[0] * kernel_size[1])).reshape(
-                out_channels, in_per_group, *kernel_size)
+        kernel = _compose_in_memory(weight, d_full, kernel_size, groups,
+                                    backend) if need_kernel else None
 
         def gradients(grad_kernel: Tensor):
             # grad W' is this backward's own tensor: grad W may take its
