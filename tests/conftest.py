@@ -81,3 +81,48 @@ def format_each_config_text_once():
     mmengine_config.FormatCode = format_code
     yield
     mmengine_config.FormatCode = original
+
+
+@pytest.fixture(scope='session', autouse=True)
+def resolve_each_package_config_once():
+    """mmengine resolves every ``_base_ = ['mmdet::...']`` by reading the
+    package's whole model index (``.mim/model-index.yml`` and every metafile
+    it lists, about 0.11 s for mmdet) and by reloading ``pkg_resources`` to
+    ask whether the package is installed; in this process that was about
+    36 s of the suite.  The installed packages do not change during a test
+    session, so each (package, config) is looked up once; the lookup's result
+    (a metafile entry, or the ValueError that sends mmengine to the
+    package's ``.mim/configs``) is replayed unchanged.  (Tools the tests start
+    resolve as usual.)
+    """
+    import copy
+
+    import mmengine.config.config as mmengine_config
+    import mmengine.config.utils as config_utils
+    original_metainfo = config_utils._get_cfg_metainfo
+    original_is_installed = mmengine_config.is_installed
+    metainfo, installed = {}, {}
+
+    def cfg_metainfo(package_path, cfg_path):
+        key = (package_path, cfg_path)
+        if key not in metainfo:
+            try:
+                metainfo[key] = (original_metainfo(package_path, cfg_path),
+                                 None)
+            except ValueError as error:
+                metainfo[key] = (None, str(error))
+        entry, message = metainfo[key]
+        if message is not None:
+            raise ValueError(message)
+        return copy.deepcopy(entry)
+
+    def is_installed(package):
+        if package not in installed:
+            installed[package] = original_is_installed(package)
+        return installed[package]
+
+    config_utils._get_cfg_metainfo = cfg_metainfo
+    mmengine_config.is_installed = is_installed
+    yield
+    config_utils._get_cfg_metainfo = original_metainfo
+    mmengine_config.is_installed = original_is_installed

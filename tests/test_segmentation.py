@@ -1,15 +1,16 @@
 """DeepLabv3 with DO-Conv (paper Table 4) on synthetic Cityscapes and VOC aug."""
 import copy
 import re
+from unittest import mock
 
 import pytest
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, ConfigDict
 from mmengine.registry import DefaultScope
 from torch import nn
 
 import mmdoconv  # noqa: F401
-from mmdoconv import DOConv2d, fold_doconv
+from mmdoconv import DOConv2d, DOConvFoldHook, fold_doconv
 from mmdoconv.utils.cli import build_model, build_runner
 from runs import (as_cli, config_path, run_tool, segmentation_options,
                   upstream_tool)
@@ -109,15 +110,34 @@ def test_doconv_task_trains_and_folded_miou_equals_unfolded(
     assert logits.std() > 0
     checkpoint = str(tmp_path / 'train' / 'iter_2.pth')
     assert (tmp_path / 'train' / 'iter_2_folded.pth').is_file()
+    # One Runner without the fold hook and one with the config's hooks, each
+    # testing both inference modes (the hook folds before every test and
+    # restores the model after it).
+    overrides = {'load_from': checkpoint}
+    unfolded_runner = _runner(dataset, 'task', tmp_path / 'unfolded', options,
+                              custom_hooks=[], **overrides)
+    folded_runner = _runner(dataset, 'task', tmp_path / 'folded', options,
+                            **overrides)
+    assert not any(isinstance(h, DOConvFoldHook)
+                   for h in unfolded_runner.hooks)
+    fold_hook, = [h for h in folded_runner.hooks
+                  if isinstance(h, DOConvFoldHook)]
     for mode in ('whole', 'slide'):
         test_cfg = dict(mode=mode)
         if mode == 'slide':
             test_cfg.update(crop_size=(48, 64), stride=(32, 48))
-        overrides = {'model.test_cfg': test_cfg, 'load_from': checkpoint}
-        unfolded = _runner(dataset, 'task', tmp_path / f'u_{mode}', options,
-                           custom_hooks=[], **overrides).test()
-        folded = _runner(dataset, 'task', tmp_path / f'f_{mode}', options,
-                         **overrides).test()
+        results = []
+        for runner in (unfolded_runner, folded_runner):
+            runner.model.test_cfg = ConfigDict(test_cfg)
+            model = runner.model
+            with mock.patch.object(model, 'slide_inference',
+                                   wraps=model.slide_inference) as slide, \
+                    mock.patch.object(fold_hook, '_fold',
+                                      wraps=fold_hook._fold) as fold:
+                results.append(runner.test())
+            assert slide.called == (mode == 'slide')
+            assert fold.call_count == (runner is folded_runner)
+        unfolded, folded = results
         assert 0.0 <= unfolded['mIoU'] <= 100.0
         assert folded == unfolded, mode
         if mode == 'whole':
