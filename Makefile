@@ -14,5 +14,10 @@ $(STAMP): tools/setup_env.sh requirements.txt pyproject.toml mmdoconv/ops/csrc/c
 demo: $(STAMP)
 	$(PYTHON) tools/misc/demo.py $(DEMO_ARGS)
 
+# Two test processes (pytest-xdist), each with half the cores for torch
+# (tests/conftest.py): much of a small training run is single-threaded Python
+# (configs, Runner set-up, imports, data), which a second process overlaps.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PYTHON) -m pytest tests
+	$(PYTHON) -m pytest tests -n $(TEST_WORKERS) --dist worksteal
