@@ -14,7 +14,9 @@ def _share_cores_between_workers() -> None:
     workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
     if workers <= 1:
         return
-    threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') \
+        else os.cpu_count() or 1
+    threads = str(max(1, cores // workers))
     for variable in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
         os.environ.setdefault(variable, threads)
 
