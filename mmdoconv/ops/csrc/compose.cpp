@@ -149,6 +149,12 @@ DOCONV_INLINE void shift_apply(const Shape& sh, const T* x, const T* tables, T* 
   }
 }
 
+// Elements ahead that grad D's row walk prefetches: 8 cache lines of floats.
+// (Inline timing, C=512, 3x3, 2-core AMD EPYC: grad D about 25 % faster than
+// without, 64 ahead less, 256 no better; no change at 128 and 256 channels,
+// whose blocks stay in cache.)
+constexpr int64_t kPrefetchAhead = 128;
+
 // sums[k] += sum_o g[o, j:j+lanes] * w[o, j+t0+k-R : ...] for k < kShifts,
 // with the kShifts accumulators in registers while the rows stream by.
 template <typename T, int kBytes, int kShifts>
@@ -160,6 +166,14 @@ DOCONV_INLINE void correlate_tile(const T* g, const T* w, T* table, int64_t row,
   for (int64_t o = o0; o < o1; ++o) {
     const V gv = load<V>(g + o * row + j);
     const T* wo = w + o * row + j + t0 - reach;
+    if (t0 == 0) {
+      // Two streams per row (G and W), a vector at a time, across a block of
+      // rows: more streams than the hardware prefetcher follows once the
+      // block no longer fits in cache.  Ask for the lines a few vectors
+      // ahead (prefetches never fault past the end).
+      __builtin_prefetch(g + o * row + j + kPrefetchAhead);
+      __builtin_prefetch(wo + kPrefetchAhead);
+    }
     for (int k = 0; k < kShifts; ++k) sums[k] += gv * load<V>(wo + k);
   }
   for (int k = 0; k < kShifts; ++k) store<V>(table + (t0 + k) * row + j, sums[k]);
