@@ -36,6 +36,23 @@ def test_benchmark_tool_writes_json(tmp_path):
         assert all(v['seconds'] > 0 for v in layer['eval'].values())
 
 
+def test_benchmark_keeps_an_existing_output_unless_told(tmp_path):
+    from runs import run_python
+    out = tmp_path / 'bench.json'
+    out.write_text('earlier results')
+    args = ['tools/analysis_tools/benchmark.py', '--shapes', '8x6',
+            '--repeats', '1', '--warmup', '0', '--out', str(out)]
+    refused = run_python(*args, check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == \
+        f"error: '{out}' exists; pass --overwrite to replace it"
+    assert 'Traceback' not in refused.stderr
+    assert 'machine:' not in refused.stdout  # refused before any work
+    assert out.read_text() == 'earlier results'
+    run_python(*args, '--overwrite')
+    assert json.loads(out.read_text())['layers'][0]['channels'] == 8
+
+
 def test_benchmark_rejects_bad_shape(tmp_path):
     from runs import run_python
     result = run_python('tools/analysis_tools/benchmark.py', '--shapes',

@@ -8,11 +8,14 @@
     python tools/analysis_tools/benchmark.py --no-input-grad      # layers as a stem (weight grads only)
 
 Variants are interleaved (A B A B ...) and each time is the median after
-warm-up.  Prints markdown tables and the machine; writes JSON (--out).
+warm-up.  Prints markdown tables and the machine; writes JSON (--out, by
+default a new work_dirs/benchmark_<timestamp>.json; an existing file is
+replaced only with --overwrite).
 """
 import argparse
 import os.path as osp
 import sys
+import time
 
 import torch
 
@@ -20,7 +23,7 @@ import mmdoconv  # noqa: F401
 from mmdoconv.utils.benchmark import (LAYER_SHAPES, amp_dtype,
                                       benchmark_layer, layer_table,
                                       machine_info, profile_layer, write_json)
-from mmdoconv.utils.cli import BadInputError, cli_main
+from mmdoconv.utils.cli import BadInputError, cli_main, require_new_output
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 
@@ -72,8 +75,16 @@ def main() -> None:
                         'timed this case); by default the input needs a '
                         'gradient, as every layer of a network but the first '
                         'does')
-    parser.add_argument('--out', default='work_dirs/benchmark.json')
+    parser.add_argument('--out', help='JSON results (default: '
+                        'work_dirs/benchmark_<timestamp>.json)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace --out if it exists')
     args = parser.parse_args()
+    if args.out is None:
+        args.out = osp.join(
+            'work_dirs', time.strftime('benchmark_%Y%m%d_%H%M%S.json'))
+    # Checked before any work: a model-level run takes half an hour.
+    require_new_output(args.out, args.overwrite)
     for name in ('batch', 'repeats', 'model_repeats', 'rss_runs', 'threads'):
         value = getattr(args, name)
         if value is not None and value < 1:
