@@ -20,8 +20,17 @@
 // (zero where s + k leaves [0, S)).  The gradients have the same form:
 //   gW[o, i] = sum_k G[o, i + k] * F_k[i],   F_k[c*S + d] = D[c, d + k, d]
 //   gD[c, s, s + k] = sum_o G[o, c*S + s] * W[o, c*S + s + k]
-// so every inner loop is a contiguous multiply-add over a row.  D_mul > M*N
-// (rare) uses the direct per-channel loops.
+// so every inner loop is a contiguous multiply-add over a row.
+//
+// Position form (float32 on CPUs with AVX-512, M*N <= 9): the row form
+// spends 2S-1 products per element where S are needed (the other tables are
+// zero there).  Each element's S sources lie in its own channel, and for 16
+// consecutive elements in 32 consecutive floats of the row: two vector loads
+// and one two-source permute per product gather them, so every element costs
+// S multiply-adds (about twice as fast as the row form at 64-512 channels,
+// equal to it for finite W: the row form's extra products add exact zeros).
+//
+// D_mul > M*N (rare) uses the direct per-channel loops.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -43,6 +52,7 @@ namespace {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define DOCONV_X86 1
 #define DOCONV_INLINE inline __attribute__((always_inline))
+#include <immintrin.h>
 #else
 #define DOCONV_X86 0
 #define DOCONV_INLINE inline
@@ -241,6 +251,198 @@ DOCONV_INLINE void shift_backward(const Shape& sh, const T* g, const T* w, const
   }
 }
 
+struct PositionKernels {
+  void (*forward)(const Shape&, const float*, const float*, float*, int64_t, int64_t);
+  void (*backward)(const Shape&, const float*, const float*, const float*, float*, float*,
+                   float*, int64_t, int64_t);
+};
+
+#if DOCONV_X86
+// Position form (float32 on AVX-512, S == D_mul <= 9).  The row form above
+// computes 2S-1 products per element of which S - 1 have a zero table
+// entry.  Writing e = c*S + p (p = e mod S), each element needs exactly S:
+//   y[o, e] = sum_k x[o, e - p + k] * T_k[e]
+// forward x = W, T_k[c*S + s] = D[c, s, k]; grad W x = G, T_k[c*S + d] =
+// D[c, k, d]; and grad D[c, s, k] = H_k[c*S + s] with
+//   H_k[e] = sum_o G[o, e] * W[o, e - p + k].
+// For the 16 elements e = j ... j+15 every source lies in
+// [j - (S-1), j + 15 + (S-1)], at most 32 floats: two vector loads, then one
+// two-source permute (vpermt2ps) per k puts each lane's source in place.
+// The permute pattern depends only on j mod S.
+#define DOCONV_AVX512_INLINE \
+  inline __attribute__((always_inline, target("avx512f,avx512vl,avx2,fma")))
+
+constexpr int kMaxPositions = 9;
+constexpr int64_t kLanes512 = 16;
+
+struct PermuteIndex {
+  // [j mod S][k][lane]: where lane's source sits in the 32 floats from j - (S-1).
+  alignas(64) int32_t lanes[kMaxPositions][kMaxPositions][kLanes512];
+};
+
+PermuteIndex permute_index(int64_t S) {
+  PermuteIndex index{};
+  for (int64_t phase = 0; phase < S; ++phase) {
+    for (int64_t k = 0; k < S; ++k) {
+      for (int64_t l = 0; l < kLanes512; ++l) {
+        index.lanes[phase][k][l] = static_cast<int32_t>(l - (phase + l) % S + k + S - 1);
+      }
+    }
+  }
+  return index;
+}
+
+// y[r, e] = sum_k x[r, e - p + k] * table[k, e] for the rows of one group.
+template <int S, int kRows>
+DOCONV_AVX512_INLINE void position_rows(const float* const* x, const float* table,
+                                        const PermuteIndex& index, float* const* y,
+                                        int64_t row) {
+  constexpr int64_t reach = S - 1;
+  auto scalar = [&](int64_t e) {
+    const int64_t base = e - e % S;
+    for (int r = 0; r < kRows; ++r) {
+      float sum = 0;
+      for (int k = 0; k < S; ++k) sum += x[r][base + k] * table[k * row + e];
+      y[r][e] = sum;
+    }
+  };
+  int64_t j = std::min(reach, row);
+  for (int64_t e = 0; e < j; ++e) scalar(e);
+  int64_t phase = j % S;
+  for (; j - reach + 2 * kLanes512 <= row; j += kLanes512) {
+    const int32_t* lanes = &index.lanes[phase][0][0];
+    __m512 lo[kRows], hi[kRows], acc[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      lo[r] = _mm512_loadu_ps(x[r] + j - reach);
+      hi[r] = _mm512_loadu_ps(x[r] + j - reach + kLanes512);
+      acc[r] = _mm512_setzero_ps();
+    }
+    for (int k = 0; k < S; ++k) {
+      const __m512i idx = _mm512_load_si512(lanes + k * kLanes512);
+      const __m512 t = _mm512_loadu_ps(table + k * row + j);
+      for (int r = 0; r < kRows; ++r) {
+        acc[r] = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo[r], idx, hi[r]), t, acc[r]);
+      }
+    }
+    for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(y[r] + j, acc[r]);
+    phase = (phase + kLanes512) % S;
+  }
+  for (int64_t e = j; e < row; ++e) scalar(e);
+}
+
+template <int S>
+DOCONV_AVX512_INLINE void position_apply(const Shape& sh, const float* x, const float* tables,
+                                         float* y, int64_t begin, int64_t end,
+                                         int64_t y_first) {
+  static const PermuteIndex index = permute_index(S);
+  constexpr int kRows = 4;
+  const int64_t row = sh.row();
+  int64_t o = begin;
+  while (o < end) {
+    const int64_t group = o / sh.out_per_group;
+    const int64_t group_end = std::min(end, (group + 1) * sh.out_per_group);
+    const float* table = tables + group * S * row;
+    for (; o + kRows <= group_end; o += kRows) {
+      const float* xs[kRows];
+      float* ys[kRows];
+      for (int r = 0; r < kRows; ++r) {
+        xs[r] = x + (o + r) * row;
+        ys[r] = y + (o + r - y_first) * row;
+      }
+      position_rows<S, kRows>(xs, table, index, ys, row);
+    }
+    for (; o < group_end; ++o) {
+      const float* xs[1] = {x + o * row};
+      float* ys[1] = {y + (o - y_first) * row};
+      position_rows<S, 1>(xs, table, index, ys, row);
+    }
+  }
+}
+
+// acc[group, k, e] += sum_o g[o, e] * w[o, e - p + k] over rows [begin, end).
+template <int S>
+DOCONV_AVX512_INLINE void position_correlate(const Shape& sh, const float* g, const float* w,
+                                             float* acc, int64_t begin, int64_t end) {
+  static const PermuteIndex index = permute_index(S);
+  constexpr int64_t reach = S - 1;
+  const int64_t row = sh.row();
+  for (int64_t o0 = begin; o0 < end;) {
+    const int64_t group = o0 / sh.out_per_group;
+    const int64_t o1 = std::min(end, (group + 1) * sh.out_per_group);
+    float* table = acc + group * S * row;
+    auto scalar = [&](int64_t e) {
+      const int64_t base = e - e % S;
+      for (int k = 0; k < S; ++k) {
+        float sum = 0;
+        for (int64_t o = o0; o < o1; ++o) sum += g[o * row + e] * w[o * row + base + k];
+        table[k * row + e] += sum;
+      }
+    };
+    int64_t j = std::min(reach, row);
+    for (int64_t e = 0; e < j; ++e) scalar(e);
+    int64_t phase = j % S;
+    for (; j - reach + 2 * kLanes512 <= row; j += kLanes512) {
+      const int32_t* lanes = &index.lanes[phase][0][0];
+      __m512i idx[S];
+      __m512 sums[S];
+      for (int k = 0; k < S; ++k) {
+        idx[k] = _mm512_load_si512(lanes + k * kLanes512);
+        sums[k] = _mm512_loadu_ps(table + k * row + j);
+      }
+      for (int64_t o = o0; o < o1; ++o) {
+        const float* go = g + o * row + j;
+        const float* wo = w + o * row + j - reach;
+        // Two or three streams per row across a block of rows: more than the
+        // hardware prefetcher follows once the block leaves cache.
+        __builtin_prefetch(go + kPrefetchAhead);
+        __builtin_prefetch(wo + kPrefetchAhead);
+        const __m512 gv = _mm512_loadu_ps(go);
+        const __m512 lo = _mm512_loadu_ps(wo), hi = _mm512_loadu_ps(wo + kLanes512);
+        for (int k = 0; k < S; ++k) {
+          sums[k] = _mm512_fmadd_ps(gv, _mm512_permutex2var_ps(lo, idx[k], hi), sums[k]);
+        }
+      }
+      for (int k = 0; k < S; ++k) _mm512_storeu_ps(table + k * row + j, sums[k]);
+      phase = (phase + kLanes512) % S;
+    }
+    for (int64_t e = j; e < row; ++e) scalar(e);
+    o0 = o1;
+  }
+}
+
+template <int S>
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void position_forward_kernel(
+    const Shape& sh, const float* x, const float* tables, float* y, int64_t begin,
+    int64_t end) {
+  position_apply<S>(sh, x, tables, y, begin, end, 0);
+}
+
+// As shift_backward, in the position form.
+template <int S>
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void position_backward_kernel(
+    const Shape& sh, const float* g, const float* w, const float* tables, float* grad_weight,
+    float* acc, float* scratch, int64_t begin, int64_t end) {
+  const int64_t row = sh.row();
+  const bool in_place = grad_weight == g;
+  for (int64_t o0 = begin; o0 < end; o0 += kBackwardBlock) {
+    const int64_t o1 = std::min(end, o0 + kBackwardBlock);
+    if (acc != nullptr) position_correlate<S>(sh, g, w, acc, o0, o1);
+    if (grad_weight == nullptr) continue;
+    if (in_place) {
+      position_apply<S>(sh, g, tables, scratch, o0, o1, o0);
+      std::memcpy(grad_weight + o0 * row, scratch, sizeof(float) * (o1 - o0) * row);
+    } else {
+      position_apply<S>(sh, g, tables, grad_weight, o0, o1, 0);
+    }
+  }
+}
+
+template <int S>
+constexpr PositionKernels position_kernels_for() {
+  return {position_forward_kernel<S>, position_backward_kernel<S>};
+}
+#endif  // DOCONV_X86
+
 // Direct per-channel loops for D_mul > M*N: W'[o, c, :] = D[c] W[o, c, :].
 template <typename T>
 DOCONV_INLINE void direct_forward(const Shape& sh, const T* weight, const T* d_full, T* out,
@@ -345,6 +547,23 @@ const char* instruction_set() {
   return "baseline";
 }
 
+// The position-form kernels for float32 rows of S <= 9 positions on a CPU
+// with AVX-512, or nullptr where the row form runs.
+const PositionKernels* position_kernels(const Shape& sh, at::ScalarType dtype) {
+#if DOCONV_X86
+  static const bool avx512 = std::string(instruction_set()) == "avx512";
+  static const PositionKernels by_positions[kMaxPositions] = {
+      position_kernels_for<1>(), position_kernels_for<2>(), position_kernels_for<3>(),
+      position_kernels_for<4>(), position_kernels_for<5>(), position_kernels_for<6>(),
+      position_kernels_for<7>(), position_kernels_for<8>(), position_kernels_for<9>()};
+  if (avx512 && dtype == at::kFloat && sh.positions == sh.d_mul &&
+      sh.positions <= kMaxPositions) {
+    return &by_positions[sh.positions - 1];
+  }
+#endif
+  return nullptr;
+}
+
 template <typename T>
 const Kernels<T>& kernels();
 
@@ -396,6 +615,25 @@ at::Tensor shift_tables(const at::Tensor& d_full, const Shape& sh, bool transpos
   return tables;
 }
 
+// Position-form tables (groups, S, Cg*S): T[k][c*S + p] = D[c, p, k] for
+// the forward, D[c, k, p] for grad W (transpose).
+at::Tensor position_tables(const at::Tensor& d_full, const Shape& sh, bool transpose) {
+  const int64_t S = sh.positions, row = sh.row();
+  at::Tensor tables = at::empty({sh.groups, S, row}, d_full.options());
+  const float* d = d_full.data_ptr<float>();
+  float* out = tables.data_ptr<float>();
+  for (int64_t channel = 0; channel < sh.groups * sh.in_per_group; ++channel) {
+    const int64_t group = channel / sh.in_per_group, c = channel % sh.in_per_group;
+    const float* dc = d + channel * S * S;
+    for (int64_t p = 0; p < S; ++p) {
+      for (int64_t k = 0; k < S; ++k) {
+        out[(group * S + k) * row + c * S + p] = transpose ? dc[k * S + p] : dc[p * S + k];
+      }
+    }
+  }
+  return tables;
+}
+
 // About 32k multiply-adds per task: small layers stay on one thread.
 int64_t grain_size(const Shape& sh) {
   const int64_t per_row = std::max<int64_t>(1, sh.in_per_group * sh.positions * sh.d_mul);
@@ -411,7 +649,10 @@ at::Tensor compose_forward(const at::Tensor& weight_in, const at::Tensor& d_in,
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor d_full = d_in.contiguous();
   const bool rows = sh.positions == sh.d_mul;
-  const at::Tensor tables = rows ? shift_tables(d_full, sh, false) : at::Tensor();
+  const PositionKernels* position = position_kernels(sh, weight.scalar_type());
+  const at::Tensor tables = position != nullptr ? position_tables(d_full, sh, false)
+                            : rows              ? shift_tables(d_full, sh, false)
+                                                : at::Tensor();
   const int64_t numel = sh.out_channels * sh.in_per_group * sh.positions;
   at::Tensor out;
   if (out_in.has_value()) {
@@ -423,6 +664,15 @@ at::Tensor compose_forward(const at::Tensor& weight_in, const at::Tensor& d_in,
         {sh.out_channels, sh.in_per_group, sh.positions});
   } else {
     out = at::empty({sh.out_channels, sh.in_per_group, sh.positions}, weight.options());
+  }
+  if (position != nullptr) {
+    const float* w = weight.data_ptr<float>();
+    const float* tab = tables.data_ptr<float>();
+    float* y = out.data_ptr<float>();
+    at::parallel_for(0, sh.out_channels, grain_size(sh), [&](int64_t b, int64_t e) {
+      position->forward(sh, w, tab, y, b, e);
+    });
+    return out;
   }
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "doconv_compose_forward", [&] {
     const scalar_t* w = weight.data_ptr<scalar_t>();
@@ -440,9 +690,11 @@ at::Tensor compose_forward(const at::Tensor& weight_in, const at::Tensor& d_in,
   return out;
 }
 
-// Sum of the per-task shift correlations, as grad D (C_in, S, S).
-at::Tensor grad_d_from_correlations(const at::Tensor& correlations, const Shape& sh) {
-  const int64_t S = sh.positions, shifts = 2 * S - 1, row = sh.row();
+// Sum of the per-task correlations, as grad D (C_in, S, S): tables of the
+// row form (2S-1 shifts, k = d - s) or of the position form (S, k = d).
+at::Tensor grad_d_from_correlations(const at::Tensor& correlations, const Shape& sh,
+                                    bool position) {
+  const int64_t S = sh.positions, shifts = position ? S : 2 * S - 1, row = sh.row();
   const at::Tensor summed = correlations.sum(0).contiguous();  // (groups, shifts, row)
   at::Tensor grad_d = at::empty({sh.groups * sh.in_per_group, S, S}, summed.options());
   AT_DISPATCH_FLOATING_TYPES(summed.scalar_type(), "doconv_grad_d", [&] {
@@ -452,7 +704,8 @@ at::Tensor grad_d_from_correlations(const at::Tensor& correlations, const Shape&
       const int64_t group = channel / sh.in_per_group, c = channel % sh.in_per_group;
       for (int64_t s = 0; s < S; ++s) {
         for (int64_t d = 0; d < S; ++d) {
-          gd[(channel * S + s) * S + d] = h[(group * shifts + d - s + S - 1) * row + c * S + s];
+          const int64_t t = position ? d : d - s + S - 1;
+          gd[(channel * S + s) * S + d] = h[(group * shifts + t) * row + c * S + s];
         }
       }
     }
@@ -485,12 +738,16 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
   // count, no atomics).
   const int64_t tasks =
       std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), sh.out_channels));
+  const PositionKernels* position = position_kernels(sh, weight.scalar_type());
   at::Tensor partial;
   if (need_d) {
-    partial = rows ? at::zeros({tasks, sh.groups, 2 * sh.positions - 1, sh.row()}, weight.options())
+    const int64_t tables_per_group = position != nullptr ? sh.positions : 2 * sh.positions - 1;
+    partial = rows ? at::zeros({tasks, sh.groups, tables_per_group, sh.row()}, weight.options())
                    : at::zeros({tasks, d_full.size(0), sh.positions, sh.d_mul}, weight.options());
   }
-  const at::Tensor tables = rows && need_weight ? shift_tables(d_full, sh, true) : at::Tensor();
+  const at::Tensor tables = !(rows && need_weight) ? at::Tensor()
+                            : position != nullptr  ? position_tables(d_full, sh, true)
+                                                   : shift_tables(d_full, sh, true);
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "doconv_compose_backward", [&] {
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* w = weight.data_ptr<scalar_t>();
@@ -506,10 +763,19 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
         std::unique_ptr<scalar_t[]> scratch(
             write_over_grad ? new scalar_t[kBackwardBlock * sh.row()] : nullptr);
         for (int64_t t = tb; t < te; ++t) {
-          kernels<scalar_t>().shift_backward(sh, g, w, tab, gw,
-                                             need_d ? acc + t * per_task : nullptr,
-                                             scratch.get(), t * sh.out_channels / tasks,
-                                             (t + 1) * sh.out_channels / tasks);
+          const int64_t begin = t * sh.out_channels / tasks;
+          const int64_t end = (t + 1) * sh.out_channels / tasks;
+          scalar_t* task_acc = need_d ? acc + t * per_task : nullptr;
+          if (position != nullptr) {  // float32 only: the casts are no-ops
+            position->backward(sh, reinterpret_cast<const float*>(g),
+                               reinterpret_cast<const float*>(w),
+                               reinterpret_cast<const float*>(tab), reinterpret_cast<float*>(gw),
+                               reinterpret_cast<float*>(task_acc),
+                               reinterpret_cast<float*>(scratch.get()), begin, end);
+            continue;
+          }
+          kernels<scalar_t>().shift_backward(sh, g, w, tab, gw, task_acc, scratch.get(), begin,
+                                             end);
         }
       });
     }
@@ -522,7 +788,9 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
       });
     }
   });
-  if (need_d) grad_d = rows ? grad_d_from_correlations(partial, sh) : partial.sum(0);
+  if (need_d) {
+    grad_d = rows ? grad_d_from_correlations(partial, sh, position != nullptr) : partial.sum(0);
+  }
   return {grad_weight, grad_d};
 }
 
