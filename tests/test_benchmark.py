@@ -3,6 +3,7 @@ import json
 
 import torch
 
+from mmdoconv.ops.extension import load_extension
 from runs import run_tool
 
 
@@ -12,7 +13,8 @@ def test_benchmark_tool_writes_json(tmp_path):
                       '--repeats', '2', '--warmup', '1', '--profile',
                       '--out', str(out))
     assert '| 8, 6×6 |' in result.stdout and 'machine: cpu=' in result.stdout
-    assert 'compose=fused (cpp)' in result.stdout
+    isa = load_extension()[0].instruction_set()
+    assert f'compose=fused (cpp, {isa})' in result.stdout
     # --profile: where the train step's time goes, fused and pure PyTorch.
     sections = {part.split(' (10 steps)')[0]: part for part in
                 result.stdout.split('Profile: DO-Conv train step, ')[1:]}

@@ -219,6 +219,70 @@ def test_environment_variable_selects_pure_pytorch(tmp_path):
         result.stderr
 
 
+ISA_CASES = [  # (groups, in_per_group, out_per_group, positions, d_mul)
+    (1, 40, 9, 9, 9), (3, 7, 5, 9, 9), (2, 33, 4, 4, 4), (1, 20, 6, 1, 1),
+    (1, 6, 5, 25, 25), (2, 5, 3, 9, 12)]
+
+
+def _compose_isa_cases(module) -> list:
+    """Forward and both gradients (in place) of ISA_CASES, float32 and 64."""
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        for seed, (groups, cg, opg, positions, d_mul) in enumerate(ISA_CASES):
+            case = dict(groups=groups, in_per_group=cg, out_per_group=opg,
+                        positions=positions, d_mul=d_mul)
+            weight, d_full = make_tensors(case, dtype, seed)
+            grad = torch.randn(groups * opg, cg, positions, dtype=dtype,
+                               generator=torch.Generator().manual_seed(seed))
+            results.append(module.compose_forward(weight, d_full, groups))
+            results.extend(module.compose_backward(grad, weight, d_full,
+                                                   groups, True, True, True))
+    return results
+
+
+@pytest.mark.parametrize('isa', ['avx2', 'baseline'])
+def test_every_instruction_set_variant_composes_the_same(isa, tmp_path):
+    """The C++ kernels exist in AVX-512, AVX2 and baseline variants (and a
+    position form for float32 on AVX-512); the CPU picks one, so a machine
+    tests only its own unless ``MMDOCONV_CPU_ISA`` narrows the choice.  A new
+    process with the variable set composes the same cases as this one."""
+    out = tmp_path / 'results.pt'
+    script = tmp_path / 'isa.py'
+    script.write_text(
+        'import sys, torch\n'
+        f'sys.path.insert(0, {os.path.join(ROOT, "tests")!r})\n'
+        'from mmdoconv.ops.extension import load_extension\n'
+        'from test_fused_compose import _compose_isa_cases\n'
+        'module = load_extension()[0]\n'
+        f'torch.save(_compose_isa_cases(module), {str(out)!r})\n'
+        'print(module.instruction_set())\n')
+    result = run_python(str(script), env=tool_env(MMDOCONV_CPU_ISA=isa))
+    module = load_extension()[0]
+    order = ['baseline', 'avx2', 'avx512']
+    expected = order[min(order.index(isa),
+                         order.index(module.instruction_set()))]
+    assert result.stdout.strip().splitlines()[-1] == expected
+    theirs = torch.load(out)
+    ours = _compose_isa_cases(module)
+    assert len(theirs) == len(ours) == 36
+    for mine, other in zip(ours, theirs):
+        # Baseline x86-64 has no fused multiply-add: round-off differs.
+        torch.testing.assert_close(other, mine, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_instruction_set_is_an_error(tmp_path):
+    script = tmp_path / 'isa.py'
+    script.write_text('import torch\n'
+                      'from mmdoconv.ops.extension import load_extension\n'
+                      'load_extension()[0].compose_forward(torch.ones(2, 1, 1),'
+                      ' torch.ones(1, 1, 1), 1)\n')
+    result = run_python(str(script), env=tool_env(MMDOCONV_CPU_ISA='sse9'),
+                        check=False)
+    assert result.returncode != 0
+    assert ("MMDOCONV_CPU_ISA must be avx512, avx2 or baseline, but got "
+            "'sse9'") in result.stderr
+
+
 def test_triton_kernels_in_the_interpreter():
     """The CUDA kernels' code, run by Triton's CPU interpreter."""
     tool = os.path.join(ROOT, 'tools', 'misc', 'check_fused_compose.py')

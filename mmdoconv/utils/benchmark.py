@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cnn.doconv import DOConv2d
+from ..ops.extension import load_extension
 from ..ops.fused_compose import force_backend, fused_backend
 
 LAYER_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
@@ -63,10 +64,13 @@ def machine_info(device: str = 'cpu') -> Dict[str, str]:
     backend = fused_backend(probe)
     name = (torch.cuda.get_device_name(probe.device)
             if probe.device.type == 'cuda' else 'cpu')
+    compose = f'fused ({backend})' if backend else 'pure PyTorch'
+    if backend == 'cpp':
+        # Which vector variant runs (MMDOCONV_CPU_ISA narrows it).
+        compose = f'fused (cpp, {load_extension()[0].instruction_set()})'
     return dict(cpu=cpu, cpu_count=str(os.cpu_count()),
                 torch_threads=str(torch.get_num_threads()),
-                torch=torch.__version__, device=name,
-                compose=f'fused ({backend})' if backend else 'pure PyTorch')
+                torch=torch.__version__, device=name, compose=compose)
 
 
 def _sync(device: torch.device) -> None:

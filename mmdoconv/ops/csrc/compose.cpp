@@ -36,6 +36,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -537,14 +538,35 @@ DOCONV_VARIANT(double, DOCONV_AVX512, 64, f64_avx512)
 #endif
 #undef DOCONV_VARIANT
 
-// "avx512", "avx2" or "baseline": the widest variant this CPU runs.
-const char* instruction_set() {
+const char* const kInstructionSets[] = {"baseline", "avx2", "avx512"};  // narrow to wide
+
+// Index in kInstructionSets of the widest variant this CPU runs.
+int cpu_instruction_set() {
 #if DOCONV_X86
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return "avx512";
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return 2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
 #endif
-  return "baseline";
+  return 0;
+}
+
+// "avx512", "avx2" or "baseline": the widest variant this CPU runs, or a
+// narrower one named by the environment variable MMDOCONV_CPU_ISA (to time
+// or test the variants on one machine, as oneDNN's ONEDNN_MAX_CPU_ISA does).
+const char* choose_instruction_set() {
+  const int supported = cpu_instruction_set();
+  const char* cap = std::getenv("MMDOCONV_CPU_ISA");
+  if (cap == nullptr || *cap == '\0') return kInstructionSets[supported];
+  for (int i = 0; i < 3; ++i) {
+    if (std::string(cap) == kInstructionSets[i]) return kInstructionSets[std::min(i, supported)];
+  }
+  TORCH_CHECK(false, "MMDOCONV_CPU_ISA must be avx512, avx2 or baseline, but got '", cap, "'");
+}
+
+// Chosen once per process, when the kernels are first used.
+const char* instruction_set() {
+  static const char* const chosen = choose_instruction_set();
+  return chosen;
 }
 
 // The position-form kernels for float32 rows of S <= 9 positions on a CPU
