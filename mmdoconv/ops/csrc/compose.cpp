@@ -393,8 +393,8 @@ DOCONV_AVX512_INLINE void position_correlate(const Shape& sh, const float* g, co
       for (int64_t o = o0; o < o1; ++o) {
         const float* go = g + o * row + j;
         const float* wo = w + o * row + j - reach;
-        // Two or three streams per row across a block of rows: more than the
-        // hardware prefetcher follows once the block leaves cache.
+        // Two streams per row (G and W) across a block of rows, as in
+        // correlate_tile: ask for the lines a few vectors ahead.
         __builtin_prefetch(go + kPrefetchAhead);
         __builtin_prefetch(wo + kPrefetchAhead);
         const __m512 gv = _mm512_loadu_ps(go);
