@@ -224,9 +224,8 @@ ISA_CASES = [  # (groups, in_per_group, out_per_group, positions, d_mul)
     (1, 6, 5, 25, 25), (2, 5, 3, 9, 12)]
 
 
-def _compose_isa_cases(module) -> list:
-    """Forward and both gradients (in place) of ISA_CASES, float32 and 64."""
-    results = []
+def _isa_inputs():
+    """``(case, weight, d_full, grad W')`` of ISA_CASES, float32 and 64."""
     for dtype in (torch.float32, torch.float64):
         for seed, (groups, cg, opg, positions, d_mul) in enumerate(ISA_CASES):
             case = dict(groups=groups, in_per_group=cg, out_per_group=opg,
@@ -234,9 +233,16 @@ def _compose_isa_cases(module) -> list:
             weight, d_full = make_tensors(case, dtype, seed)
             grad = torch.randn(groups * opg, cg, positions, dtype=dtype,
                                generator=torch.Generator().manual_seed(seed))
-            results.append(module.compose_forward(weight, d_full, groups))
-            results.extend(module.compose_backward(grad, weight, d_full,
-                                                   groups, True, True, True))
+            yield case, weight, d_full, grad
+
+
+def _compose_isa_cases(module) -> list:
+    """W', grad W and grad D (in place) of each case from the C++ kernels."""
+    results = []
+    for case, weight, d_full, grad in _isa_inputs():
+        results.append(module.compose_forward(weight, d_full, case['groups']))
+        results.extend(module.compose_backward(
+            grad.clone(), weight, d_full, case['groups'], True, True, True))
     return results
 
 
@@ -245,7 +251,10 @@ def test_every_instruction_set_variant_composes_the_same(isa, tmp_path):
     """The C++ kernels exist in AVX-512, AVX2 and baseline variants (and a
     position form for float32 on AVX-512); the CPU picks one, so a machine
     tests only its own unless ``MMDOCONV_CPU_ISA`` narrows the choice.  A new
-    process with the variable set composes the same cases as this one."""
+    process with the variable set composes cases that reach every loop of
+    the kernels (vector and scalar parts of rows, groups, 1, 4, 9 and 25
+    positions, D_mul > M*N); each result must match the pure-PyTorch
+    composition and this process's own variant."""
     out = tmp_path / 'results.pt'
     script = tmp_path / 'isa.py'
     script.write_text(
@@ -259,15 +268,25 @@ def test_every_instruction_set_variant_composes_the_same(isa, tmp_path):
     result = run_python(str(script), env=tool_env(MMDOCONV_CPU_ISA=isa))
     module = load_extension()[0]
     order = ['baseline', 'avx2', 'avx512']
-    expected = order[min(order.index(isa),
-                         order.index(module.instruction_set()))]
-    assert result.stdout.strip().splitlines()[-1] == expected
-    theirs = torch.load(out)
-    ours = _compose_isa_cases(module)
-    assert len(theirs) == len(ours) == 36
-    for mine, other in zip(ours, theirs):
-        # Baseline x86-64 has no fused multiply-add: round-off differs.
-        torch.testing.assert_close(other, mine, rtol=1e-5, atol=1e-5)
+    expected_isa = order[min(order.index(isa),
+                             order.index(module.instruction_set()))]
+    assert result.stdout.strip().splitlines()[-1] == expected_isa
+    theirs = iter(torch.load(out))
+    ours = iter(_compose_isa_cases(module))
+    for case, weight, d_full, grad in _isa_inputs():
+        w_ref = weight.clone().requires_grad_()
+        d_ref = d_full.clone().requires_grad_()
+        expected = reference(w_ref, d_ref, case['groups'])
+        expected.backward(grad)
+        tol = dict(rtol=1e-5, atol=1e-5 * max(case['d_mul'],
+                                              case['out_per_group'])) \
+            if weight.dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+        for want in (expected.detach(), w_ref.grad, d_ref.grad):
+            got, mine = next(theirs), next(ours)
+            torch.testing.assert_close(got, want, **tol)
+            # Baseline x86-64 has no fused multiply-add: round-off differs.
+            torch.testing.assert_close(got, mine, **tol)
+    assert next(theirs, None) is None
 
 
 def test_unknown_instruction_set_is_an_error(tmp_path):
