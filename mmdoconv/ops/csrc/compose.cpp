@@ -756,10 +756,13 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
     grad_weight = at::empty_like(weight);
   }
   // grad D sums over output channels: each task adds into its own buffer and
-  // the buffers are summed at the end (deterministic for a given thread
-  // count, no atomics).
-  const int64_t tasks =
-      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), sh.out_channels));
+  // the buffers are summed at the end (deterministic for a given shape and
+  // thread count, no atomics).  Small layers stay on one task, as in the
+  // forward (16 channels, 3x3: 13 us on one thread against 28 us on two).
+  const int64_t rows_per_task = grain_size(sh);
+  const int64_t tasks = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(),
+                           (sh.out_channels + rows_per_task - 1) / rows_per_task));
   const PositionKernels* position = position_kernels(sh, weight.scalar_type());
   at::Tensor partial;
   if (need_d) {
