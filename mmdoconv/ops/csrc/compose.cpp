@@ -226,7 +226,13 @@ DOCONV_INLINE void shift_correlate(const Shape& sh, const T* g, const T* w, T* a
   }
 }
 
-constexpr int64_t kBackwardBlock = 32;  // 32 rows of G and W: about 1 MB at 512 channels
+// Rows of G and W per backward block.  grad D walks the block's rows a
+// vector at a time (two streams per row), so fewer rows keep the walk within
+// what the hardware prefetcher follows.  Inline timing, in-place backward,
+// 3x3, 2-core AMD EPYC: 512 channels 1.4 ms with 8 rows against 1.6-2.0 ms
+// with 32 (position form; row form 2.6-2.9 against 3.2-4.0 ms), 4 rows no
+// better; no change at 64-256 channels.
+constexpr int64_t kBackwardBlock = 8;
 
 // Both gradients for rows [begin, end), a block of rows at a time so the
 // block's rows of G, read for grad D, are still in cache for grad W.  With
@@ -784,7 +790,7 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
       const scalar_t* tab = need_weight ? tables.data_ptr<scalar_t>() : nullptr;
       at::parallel_for(0, tasks, 1, [&](int64_t tb, int64_t te) {
         // Uninitialised (every element is written before it is read): a
-        // std::vector would zero 32 rows, ~0.6 MB at 512 channels, per call.
+        // std::vector would zero the block on every call.
         std::unique_ptr<scalar_t[]> scratch(
             write_over_grad ? new scalar_t[kBackwardBlock * sh.row()] : nullptr);
         for (int64_t t = tb; t < te; ++t) {
