@@ -64,10 +64,11 @@ def machine_info(device: str = 'cpu') -> Dict[str, str]:
     backend = fused_backend(probe)
     name = (torch.cuda.get_device_name(probe.device)
             if probe.device.type == 'cuda' else 'cpu')
-    compose = f'fused ({backend})' if backend else 'pure PyTorch'
     if backend == 'cpp':
         # Which vector variant runs (MMDOCONV_CPU_ISA narrows it).
         compose = f'fused (cpp, {load_extension()[0].instruction_set()})'
+    else:
+        compose = f'fused ({backend})' if backend else 'pure PyTorch'
     return dict(cpu=cpu, cpu_count=str(os.cpu_count()),
                 torch_threads=str(torch.get_num_threads()),
                 torch=torch.__version__, device=name, compose=compose)
