@@ -50,6 +50,15 @@ def make_tensors(case, dtype, seed):
     return weight, d_full
 
 
+def _tolerance(case: dict, dtype: torch.dtype) -> dict:
+    # Sums of up to D_mul (forward, grad W) and C_out (grad D) products in
+    # another order: float32 round-off scaled by the sum length.
+    if dtype == torch.float32:
+        return dict(rtol=1e-5,
+                    atol=1e-5 * max(case['d_mul'], case['out_per_group']))
+    return dict(rtol=1e-12, atol=1e-12)
+
+
 def test_setup_built_the_extension():
     module, why = load_extension()
     assert module is not None, why
@@ -74,10 +83,7 @@ def test_cpp_matches_pure_pytorch(case, dtype, seed):
     d_fused = d_full.clone().requires_grad_()
     got = FusedCompose.apply(w_fused, d_fused, groups, 'cpp')
     got.backward(grad)
-    # Sums of up to D_mul (forward, grad W) and C_out (grad D) products in
-    # another order: float32 round-off scaled by the sum length.
-    tol = dict(rtol=1e-5, atol=1e-5 * max(case['d_mul'], case['out_per_group'])) \
-        if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    tol = _tolerance(case, dtype)
     torch.testing.assert_close(got, expected, **tol)
     torch.testing.assert_close(w_fused.grad, w_ref.grad, **tol)
     torch.testing.assert_close(d_fused.grad, d_ref.grad, **tol)
@@ -278,9 +284,7 @@ def test_every_instruction_set_variant_composes_the_same(isa, tmp_path):
         d_ref = d_full.clone().requires_grad_()
         expected = reference(w_ref, d_ref, case['groups'])
         expected.backward(grad)
-        tol = dict(rtol=1e-5, atol=1e-5 * max(case['d_mul'],
-                                              case['out_per_group'])) \
-            if weight.dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+        tol = _tolerance(case, weight.dtype)
         for want in (expected.detach(), w_ref.grad, d_ref.grad):
             got, mine = next(theirs), next(ours)
             torch.testing.assert_close(got, want, **tol)

@@ -53,6 +53,8 @@ namespace {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define DOCONV_X86 1
 #define DOCONV_INLINE inline __attribute__((always_inline))
+#define DOCONV_AVX2 __attribute__((target("avx2,fma")))
+#define DOCONV_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #include <immintrin.h>
 #else
 #define DOCONV_X86 0
@@ -276,8 +278,7 @@ struct PositionKernels {
 // [j - (S-1), j + 15 + (S-1)], at most 32 floats: two vector loads, then one
 // two-source permute (vpermt2ps) per k puts each lane's source in place.
 // The permute pattern depends only on j mod S.
-#define DOCONV_AVX512_INLINE \
-  inline __attribute__((always_inline, target("avx512f,avx512vl,avx2,fma")))
+#define DOCONV_AVX512_INLINE DOCONV_INLINE DOCONV_AVX512
 
 constexpr int kMaxPositions = 9;
 constexpr int64_t kLanes512 = 16;
@@ -418,7 +419,7 @@ DOCONV_AVX512_INLINE void position_correlate(const Shape& sh, const float* g, co
 }
 
 template <int S>
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) void position_forward_kernel(
+DOCONV_AVX512 void position_forward_kernel(
     const Shape& sh, const float* x, const float* tables, float* y, int64_t begin,
     int64_t end) {
   position_apply<S>(sh, x, tables, y, begin, end, 0);
@@ -426,7 +427,7 @@ __attribute__((target("avx512f,avx512vl,avx2,fma"))) void position_forward_kerne
 
 // As shift_backward, in the position form.
 template <int S>
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) void position_backward_kernel(
+DOCONV_AVX512 void position_backward_kernel(
     const Shape& sh, const float* g, const float* w, const float* tables, float* grad_weight,
     float* acc, float* scratch, int64_t begin, int64_t end) {
   const int64_t row = sh.row();
@@ -535,8 +536,6 @@ struct Kernels {
 DOCONV_VARIANT(float, , 16, f32_base)
 DOCONV_VARIANT(double, , 16, f64_base)
 #if DOCONV_X86
-#define DOCONV_AVX2 __attribute__((target("avx2,fma")))
-#define DOCONV_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
 DOCONV_VARIANT(float, DOCONV_AVX2, 32, f32_avx2)
 DOCONV_VARIANT(double, DOCONV_AVX2, 32, f64_avx2)
 DOCONV_VARIANT(float, DOCONV_AVX512, 32, f32_avx512)
