@@ -13,12 +13,14 @@ Layout: :mod:`mmdoconv.cnn` (the layer and its maths),
 """
 import importlib.util
 
-from .cnn import (ConversionReport, DOConv, DOConv2d, build_doconv,
-                  compose_kernel, convert_to_doconv, doconv_identity)
+from .cnn import (ConversionReport, DOConv, DOConv2d, compose_kernel,
+                  convert_to_doconv, doconv_identity)
+from .cnn.doconv import IncompatibleCheckpointError
 from .deploy import count_doconv, fold_doconv, fold_state_dict, \
     swap_in_folded
 from .engine import (CPUAwareDistributedDataParallel, CPUBf16OptimWrapper,
                      DOConvFoldHook, DOConvRunner, apply_doconv_switch)
+from .engine.fold_on_load import register_fold_on_load
 from .models.pretrained import PretrainedDOConvInit
 from .utils import (InvalidCheckpointError, UnsafeCheckpointError,
                     convert_reference_state_dict, load_checkpoint_file,
@@ -33,15 +35,19 @@ if importlib.util.find_spec('mmpretrain') is not None:
 # Every checkpoint scheme mmengine knows loads with weights_only=True and
 # mmengine's numpy / HistoryBuffer data rebuilt by checked stand-ins.
 register_safe_loaders()
+# mmengine's load_state_dict folds the D of layers that are plain convs in
+# the model being loaded (an unfolded checkpoint into a plain model).
+register_fold_on_load()
 
 __all__ = [
-    'DOConv2d', 'DOConv', 'build_doconv', 'compose_kernel', 'doconv_identity',
+    'DOConv2d', 'DOConv', 'compose_kernel', 'doconv_identity',
     'convert_to_doconv', 'ConversionReport',
     'fold_doconv', 'fold_state_dict', 'count_doconv', 'swap_in_folded',
     'DOConvFoldHook', 'DOConvRunner', 'apply_doconv_switch',
     'CPUBf16OptimWrapper', 'PretrainedDOConvInit',
     'CPUAwareDistributedDataParallel', 'convert_reference_state_dict',
-    'UnsafeCheckpointError', 'InvalidCheckpointError', 'load_checkpoint_file',
+    'UnsafeCheckpointError', 'InvalidCheckpointError',
+    'IncompatibleCheckpointError', 'load_checkpoint_file',
     'load_checkpoint_url', 'register_safe_loaders', 'save_folded_checkpoint',
     '__version__'
 ]

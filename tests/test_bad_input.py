@@ -15,7 +15,8 @@ import torch
 from mmengine.registry import MODELS
 from mmengine.runner import load_checkpoint
 
-from mmdoconv import DOConv, DOConv2d, fold_state_dict, save_folded_checkpoint
+from mmdoconv import (DOConv, DOConv2d, IncompatibleCheckpointError,
+                      fold_state_dict, save_folded_checkpoint)
 from runs import ROOT, config_path
 
 RESNET = config_path('resnet', 'resnet50_8xb32_in1k.py')
@@ -110,8 +111,55 @@ def test_loading_another_d_mul_names_the_mismatch(tmp_path):
     trained = torch.nn.Sequential(DOConv2d(4, 4, 3, D_mul=16))
     torch.save({'state_dict': trained.state_dict()}, tmp_path / 'dmul16.pth')
     other = torch.nn.Sequential(DOConv2d(4, 4, 3))
-    with pytest.raises(ValueError, match=r'0\.D: .*D_mul=16.*D_mul=9'):
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=r'0\.D: .*\(D_mul=9\); build the model with '
+                       r'D_mul=16'):
         load_checkpoint(other, str(tmp_path / 'dmul16.pth'))
+
+
+@pytest.mark.parametrize('shape, phrase', [
+    ((4, 9, 8), 'its D_mul=8 is below M*N = 9, which no DO-Conv layer has'),
+    ((4, 4, 4), 'it belongs to a kernel of 4 positions, not this 3x3 kernel'),
+    ((2, 9, 9), 'it is not a D of this layer (4 inputs)')])
+def test_a_d_of_another_shape_is_named_without_a_wrong_hint(shape, phrase):
+    """The hint never names a D_mul the layer itself refuses (it said
+    ``D_mul=8`` for a 3x3 layer)."""
+    model = torch.nn.Sequential(DOConv2d(4, 4, 3))
+    state = dict(model.state_dict(), **{'0.D': torch.ones(shape)})
+    with pytest.raises(IncompatibleCheckpointError) as error:
+        model.load_state_dict(state)
+    assert phrase in str(error.value)
+    assert 'build the model with' not in str(error.value)
+
+
+def test_kernel_hw_that_is_not_a_tensor_is_named():
+    model = torch.nn.Sequential(DOConv2d(4, 4, 3, D_mul=12))
+    state = dict(model.state_dict(), **{'0.kernel_hw': [3, 3]})
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=r"0\.kernel_hw: expected a tensor of 2 ints "
+                       r"\(M, N\), but the checkpoint holds list \[3, 3\]"):
+        model.load_state_dict(state)
+
+
+def test_cfg_options_take_the_papers_d_mul_spelling():
+    """``--cfg-options ...D_mul='(M+2)*(N+2)'`` reached the layer as the
+    mangled tuple ``('M+2)*(N+2',)``; the paper's spelling is a rule name."""
+    import argparse
+
+    from mmdoconv.utils.cli import DictAction, build_model, load_config
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    for spelling in ('(M+2)*(N+2)', "'(M+2)*(N+2)'", 'M+2xN+2'):
+        args = parser.parse_args(
+            ['--cfg-options', f'model.backbone.conv_cfg.D_mul={spelling}',
+             'model.head.num_classes=7'])
+        assert args.cfg_options == {
+            'model.backbone.conv_cfg.D_mul': spelling.strip("'"),
+            'model.head.num_classes': 7}
+    model = build_model(load_config(RESNET_DOCONV, args.cfg_options))
+    d_muls = {m.kernel_size: m.D_mul for m in model.modules()
+              if isinstance(m, DOConv2d)}
+    assert d_muls == {(7, 7): 81, (3, 3): 25}
 
 
 def _drop_logger_handlers():
@@ -173,11 +221,45 @@ def doconv_resnet_checkpoint(tmp_path_factory):
     return path
 
 
-def test_test_py_refuses_unfolded_doconv_checkpoint_with_plain_config(
-        run_cli, tmp_path, doconv_resnet_checkpoint):
+def test_cfg_options_entry_without_a_value_is_one_line(run_cli, tmp_path):
     _assert_one_line_error(
-        run_cli('test.py', RESNET, doconv_resnet_checkpoint, '--work-dir',
-                tmp_path), 'unfolded DO-Conv checkpoint', 'fold it first')
+        run_cli('model_converters/fold_checkpoint.py', RESNET_DOCONV,
+                tmp_path / 'x.pth', tmp_path, '--cfg-options', 'model.x'),
+        "--cfg-options entries must be KEY=VALUE, but got 'model.x'")
+
+
+def test_fold_checkpoint_refuses_an_out_dir_under_a_file(
+        run_cli, tmp_path, doconv_resnet_checkpoint):
+    (tmp_path / 'file').write_text('precious')
+    _assert_one_line_error(
+        run_cli('model_converters/fold_checkpoint.py', RESNET_DOCONV,
+                doconv_resnet_checkpoint, tmp_path / 'file' / 'deploy'),
+        'OUT_DIR', 'cannot be a folder', 'is a file')
+    assert (tmp_path / 'file').read_text() == 'precious'
+
+
+def test_export_onnx_refuses_a_missing_output_folder(
+        run_cli, tmp_path, doconv_resnet_checkpoint):
+    """It was reported as "the mode='tensor' forward cannot be exported",
+    then the dense fallback ran the model in train mode."""
+    _assert_one_line_error(
+        run_cli('deployment/export_onnx.py', RESNET_DOCONV,
+                doconv_resnet_checkpoint, tmp_path / 'no' / 'model.onnx',
+                '--shape', '32', '32'),
+        'the folder of OUT', 'does not exist')
+
+
+def test_export_onnx_names_a_d_of_another_shape_in_one_line(
+        run_cli, tmp_path, doconv_resnet_checkpoint):
+    state = torch.load(doconv_resnet_checkpoint)['state_dict']
+    state['backbone.conv1.D'] = torch.zeros(3, 49, 40)
+    torch.save({'state_dict': state}, tmp_path / 'bad.pth')
+    _assert_one_line_error(
+        run_cli('deployment/export_onnx.py', RESNET_DOCONV,
+                tmp_path / 'bad.pth', tmp_path / 'model.onnx', '--shape',
+                '32', '32'),
+        'backbone.conv1.D', 'D_mul=40 is below M*N = 49')
+    assert not (tmp_path / 'model.onnx').exists()
 
 
 def test_test_py_refuses_checkpoint_without_weights(run_cli, tmp_path):

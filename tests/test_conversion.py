@@ -176,9 +176,16 @@ def test_a_shared_conv_stays_shared_through_conversion_and_folding():
 
 def test_mmcv_conv2d_wrapper_is_converted_exactly():
     """mmcv's Conv2d wrapper (MaskIoUHead, pixel decoders) overrides forward
-    only for empty inputs on torch < 1.4: it converts, with the same output."""
+    only for empty inputs on torch < 1.4: it converts, with the same output
+    at D = I; with a non-zero D it computes the paper's feature composition
+    and folds to a plain conv computing the same.  Fails if the converted
+    layer or its fold used W instead of W' (mutation: ``fold()`` copying
+    ``self.weight``)."""
     from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
     from mmcv.cnn.bricks.conv_ws import ConvWS2d
+
+    from mmdoconv import fold_doconv
+    from reference import feature_composition
     torch.manual_seed(0)
     model = nn.Sequential(MMCVConv2d(3, 4, 3, padding=1), nn.ReLU(),
                           ConvWS2d(4, 4, 3, padding=1)).eval()
@@ -190,3 +197,17 @@ def test_mmcv_conv2d_wrapper_is_converted_exactly():
     assert report.skipped == {'2': 'own forward (ConvWS2d)'}
     with torch.no_grad():
         assert torch.equal(model(x), expected)
+        layer = model[0]
+        layer.D.normal_(0, 0.5)
+        d_full = (layer.D + layer._identity).double()
+        expected = feature_composition(
+            x.double(), d_full, layer.weight.double().reshape(4, 3, 9),
+            layer.bias.double(), kernel_size=(3, 3), stride=(1, 1),
+            padding=(1, 1), dilation=(1, 1), groups=1,
+            padding_mode='zeros')
+        torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5,
+                                   atol=1e-5)
+        assert fold_doconv(model) == 1
+        assert type(model[0]) is nn.Conv2d
+        torch.testing.assert_close(model[0](x).double(), expected,
+                                   rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ import mmdoconv  # noqa: F401
 from mmdoconv import DOConv2d, count_doconv
 from mmdoconv.deploy import plain_config
 from mmdoconv.utils.cli import build_model
-from mmdoconv.deploy.export import (TensorGraph, export_onnx, max_abs_difference,
+from mmdoconv.deploy.export import (TensorGraph, export_onnx, onnx_difference,
                              node_histogram)
 
 from runs import run_python  # noqa: E402
@@ -187,9 +187,16 @@ def test_onnx_export_is_the_plain_graph(tmp_path):
         plain = MODELS.build(plain_cfg.model).eval()
     x = torch.randn(1, 3, 128, 160)
     messages = []
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
     graph = export_onnx(model, x, str(tmp_path / 'doconv.onnx'),
                         log=messages.append)
     assert graph.folded == 21 and count_doconv(model) == 0
+    # The failed tensor-mode export left the model in eval mode (it put it
+    # in train mode, and the dense fallback then ran a train-mode forward)
+    # and its buffers (BN statistics) as they were.
+    assert not any(m.training for m in model.modules())
+    for key, value in model.named_buffers():
+        assert torch.equal(value, buffers[key]), key
     # mmdet 3.3's two-stage tensor forward cannot be traced (data-dependent
     # proposals; its ONNX box decoding imports the gone mmdet.core): the
     # exporter says so and exports the dense part it finds by itself.
@@ -209,9 +216,9 @@ def test_onnx_export_is_the_plain_graph(tmp_path):
     # The RPN head's three convs run once on each of the 5 FPN levels.
     assert doconv_ops['Conv'] == convs(plain.backbone) + convs(plain.neck) \
         + 5 * convs(plain.rpn_head)
-    assert max_abs_difference(graph, str(tmp_path / 'doconv.onnx'), x) < 1e-4
+    assert onnx_difference(graph, str(tmp_path / 'doconv.onnx'), x) < 1e-4
     # A second batch through the same graph: nothing input-specific baked in.
-    assert max_abs_difference(graph, str(tmp_path / 'doconv.onnx'),
+    assert onnx_difference(graph, str(tmp_path / 'doconv.onnx'),
                               torch.randn(1, 3, 128, 160)) < 1e-4
 
 
@@ -230,3 +237,39 @@ def test_export_onnx_tool(tmp_path):
     difference = float(result.stdout.rsplit(': ', 1)[1])
     assert difference < 1e-4
     assert osp.getsize(tmp_path / 'seg.onnx') > 1e6
+
+
+#: A value for each option DOConv2d adds to nn.Conv2d's arguments.
+LAYER_OPTIONS = dict(D_mul='M+2xN+2', D_init='random', recompute_kernel=False)
+
+
+def test_plain_config_strips_every_layer_and_switch_option():
+    """Every argument DOConv2d takes beyond nn.Conv2d's, in a conv_cfg and
+    in a full layer config, and every switch option, is gone from the
+    deploy config; the stripped configs build with stock mmdet (before,
+    ``recompute_kernel`` stayed and mmcv's Conv2d raised TypeError)."""
+    import inspect
+
+    from mmdoconv.engine.runner import SWITCH_OPTIONS
+    added = set(inspect.signature(DOConv2d).parameters) - set(
+        inspect.signature(torch.nn.Conv2d).parameters)
+    assert added == set(LAYER_OPTIONS)  # a new option needs a value here
+    cfg = Config(dict(
+        runner_type='DOConvRunner',
+        doconv=dict(include=['backbone'], exclude=['neck'], D_mul=16,
+                    D_init='random', recompute_kernel=False),
+        model=dict(
+            conv_cfg=dict(type='DOConv', **LAYER_OPTIONS),
+            layer=dict(type='DOConv2d', in_channels=2, out_channels=4,
+                       kernel_size=3, **LAYER_OPTIONS))))
+    assert set(cfg.doconv) == set(SWITCH_OPTIONS)
+    plain = plain_config(cfg)
+    assert 'runner_type' not in plain and 'doconv' not in plain
+    assert plain.model.conv_cfg is None
+    assert plain.model.layer == dict(type='Conv2d', in_channels=2,
+                                     out_channels=4, kernel_size=3)
+    from mmcv.cnn import build_conv_layer
+    layer = build_conv_layer(plain.model.conv_cfg, 2, 4, 3)
+    assert type(layer) is torch.nn.Conv2d
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        assert type(MODELS.build(plain.model.layer)).__name__ == 'Conv2d'

@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope
 from torch import nn
 
@@ -167,12 +168,45 @@ def test_doconv_task_trains_and_folded_evaluation_equals_unfolded(
                                b['pred_instances'][key])
 
 
+class InitialState(Hook):
+    """The model's weights when training starts (after their init)."""
+
+    def before_train(self, runner) -> None:
+        self.state = {k: v.detach().clone()
+                      for k, v in runner.model.state_dict().items()}
+
+
+def assert_trained_plain(runner, hook: InitialState) -> None:
+    """A baseline run: no DO-Conv layer anywhere, and the weights moved.
+
+    Fails if the baseline carried the DO-Conv switch or layers (mutation:
+    ``runner_type = 'DOConvRunner'`` in the baseline config) or did not
+    train (mutation: ``optim_wrapper.optimizer.lr=0``)."""
+    assert not any(isinstance(m, DOConv2d) for m in runner.model.modules())
+    assert not any(k.endswith('.D') for k in runner.model.state_dict())
+    trainable = [k for k, p in runner.model.named_parameters()
+                 if p.requires_grad]
+    moved = [k for k in trainable if not torch.equal(
+        runner.model.state_dict()[k], hook.state[k])]
+    # Not all: residual branches behind a zero-initialised last BN
+    # (zero_init_residual) get their first gradients only once it moved.
+    assert trainable and len(moved) > len(trainable) // 2, \
+        sorted(set(trainable) - set(moved))
+
+
 def test_baseline_trains_and_evaluates(tmp_path, synthetic_data):
+    """Besides mAP in range: the baseline is plain and trained, and the
+    final validation is what the val loop computes again."""
     runner = _runner(BASELINE, tmp_path,
                      detection_options(synthetic_data['coco']))
+    initial = InitialState()
+    runner.register_hook(initial)
     runner.train()
+    assert_trained_plain(runner, initial)
+    logged = runner.message_hub.get_scalar('val/coco/bbox_mAP').current()
     metrics = runner.val_loop.run()
     assert 0.0 <= metrics['coco/bbox_mAP'] <= 1.0
+    assert metrics['coco/bbox_mAP'] == logged
 
 
 def test_two_process_cpu_training_keeps_ranks_identical(

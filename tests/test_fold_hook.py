@@ -11,7 +11,7 @@ from mmengine.logging import MMLogger
 from torch import nn
 
 from mmdoconv import DOConv2d, DOConvFoldHook, load_checkpoint_file
-from toy import ToyNet, toy_runner
+from toy import ToyDataset, ToyNet, toy_runner
 
 
 class ValRecorder(Hook):
@@ -66,15 +66,50 @@ def test_validation_runs_folded_and_training_resumes_bit_for_bit(tmp_path):
     assert isinstance(layer, DOConv2d) and layer.D.abs().sum() > 0
 
 
+class LogitRecorder(Hook):
+    """The logits of every validation batch."""
+
+    def __init__(self):
+        self.logits = []
+
+    def after_val_iter(self, runner, batch_idx, data_batch=None,
+                       outputs=None):
+        self.logits.append(torch.stack([logit for logit, _ in outputs]))
+
+
+def _toy_with_random_d(seed=0):
+    torch.manual_seed(seed)
+    model = ToyNet()
+    with torch.no_grad():  # far from D = I, where W and W' would agree
+        for layer in model.modules():
+            if isinstance(layer, DOConv2d):
+                layer.D.normal_(0, 0.5)
+    return model
+
+
 def test_folded_validation_equals_unfolded(tmp_path):
-    with_fold = toy_runner(tmp_path / 'fold',
-                           custom_hooks=[dict(type='DOConvFoldHook')])
-    without = toy_runner(tmp_path / 'plain')
+    """Validation through the hook's folded layers gives the unfolded
+    model's logits, from a D far from the identity.  Fails if the fold
+    wrote W instead of W' (mutation: ``DOConv2d.fold`` copying
+    ``self.weight``): the logits then differ by far more than round-off."""
+    fold_logits, plain_logits = LogitRecorder(), LogitRecorder()
+    with_fold = toy_runner(tmp_path / 'fold', model=_toy_with_random_d(),
+                           custom_hooks=[dict(type='DOConvFoldHook'),
+                                         fold_logits])
+    without = toy_runner(tmp_path / 'plain', model=_toy_with_random_d(),
+                         custom_hooks=[plain_logits])
     with_fold.train()
     without.train()
-    assert with_fold.message_hub.get_scalar('val/toy/predictions') \
-        .data[0].tolist() == without.message_hub.get_scalar(
-            'val/toy/predictions').data[0].tolist()
+    assert len(fold_logits.logits) == len(plain_logits.logits) == 8
+    for folded, unfolded in zip(fold_logits.logits, plain_logits.logits):
+        torch.testing.assert_close(folded, unfolded, rtol=1e-5, atol=1e-6)
+    # The check compares something that W alone would not give.
+    model = without.model.eval()
+    x = ToyDataset()[0]['inputs'][None]
+    with torch.no_grad():
+        with_w = nn.functional.conv2d(x, model.body[0].weight,
+                                      model.body[0].bias, padding=1)
+        assert (with_w - model.body[0](x)).abs().max() > 0.1
     # The hook left training exactly as it would have been.
     for (key, a), b in zip(with_fold.model.state_dict().items(),
                            without.model.state_dict().values()):

@@ -323,8 +323,8 @@ def test_unknown_environment_choice_is_an_error(tmp_path):
     result = run_python(script, env=tool_env(MMDOCONV_COMPOSE='fastest'),
                         check=False)
     assert result.returncode != 0
-    assert "MMDOCONV_COMPOSE must be 'auto' or 'torch', but got 'fastest'" \
-        in result.stderr
+    assert ("MMDOCONV_COMPOSE must be one of auto, torch, triton, but got "
+            "'fastest'") in result.stderr
 
 
 def test_triton_self_check_turns_a_failing_kernel_into_the_pure_path(
@@ -334,8 +334,63 @@ def test_triton_self_check_turns_a_failing_kernel_into_the_pure_path(
     def broken(*args, **kwargs):
         raise RuntimeError('PTX assembly failed')
 
+    calls = []
     monkeypatch.setattr(fused_module, '_self_checks', {})
-    monkeypatch.setattr(triton_compose, 'compose_forward', broken)
-    why = fused_module.triton_self_check(torch.device('cpu'))
-    assert why == ('the Triton kernels fail here: RuntimeError: PTX assembly '
-                   'failed')
+    monkeypatch.setattr(triton_compose, 'compose_forward',
+                        lambda *a: calls.append(a) or broken())
+    for _ in range(2):  # checked once: the failure is cached too
+        why = fused_module.triton_self_check(torch.device('cpu'))
+        assert why == ('the Triton kernels fail here: RuntimeError: PTX '
+                       'assembly failed')
+    assert len(calls) == 1
+
+
+def test_triton_self_check_rejects_a_kernel_that_disagrees(monkeypatch):
+    """The reference is the definition: W' off by 0.1 % fails the check,
+    the exact gradients notwithstanding."""
+    from mmdoconv.ops import triton_compose
+
+    def gradients(grad, weight, d_full, groups, need_weight, need_d):
+        with torch.enable_grad():
+            w = weight.clone().requires_grad_()
+            d = d_full.clone().requires_grad_()
+            reference(w, d, groups).backward(grad)
+        return [w.grad, d.grad]
+
+    monkeypatch.setattr(fused_module, '_self_checks', {})
+    monkeypatch.setattr(triton_compose, 'compose_forward',
+                        lambda w, d, g: reference(w, d, g) * 1.001)
+    monkeypatch.setattr(triton_compose, 'compose_backward', gradients)
+    assert fused_module.triton_self_check(torch.device('cpu')) == (
+        'the Triton kernels disagree with the composition here')
+    # ... and the same kernels without the error pass.
+    monkeypatch.setattr(fused_module, '_self_checks', {})
+    monkeypatch.setattr(triton_compose, 'compose_forward', reference)
+    assert fused_module.triton_self_check(torch.device('cpu')) == ''
+
+
+def test_triton_self_check_passes_under_no_grad_and_tf32(tmp_path):
+    """Where the layer first composes on a device grad mode may be off
+    (eval, fold, an autograd.Function's forward) and TF32 matmuls on; the
+    self-check of the real kernels (Triton's interpreter) passes in each,
+    and is checked once."""
+    script = _backend_script(tmp_path, """
+from mmdoconv.ops import fused_compose as f
+from mmdoconv.ops import triton_compose
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+calls = []
+forward = triton_compose.compose_forward
+triton_compose.compose_forward = lambda *a: calls.append(1) or forward(*a)
+with torch.no_grad():
+    print(repr(f.triton_self_check(torch.device('cpu'))))
+print(repr(f.triton_self_check(torch.device('cpu'))), len(calls))
+with torch.inference_mode():
+    w = torch.randn(6, 3, 9)
+    print(fused_backend(w))
+""")
+    result = run_python(script, env=tool_env(TRITON_INTERPRET='1',
+                                             MMDOCONV_COMPOSE='triton'))
+    printed = [line for line in result.stdout.splitlines()
+               if ' - mmengine - ' not in line]
+    assert printed == ["''", "'' 1", 'triton'], result.stdout + result.stderr

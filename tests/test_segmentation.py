@@ -14,7 +14,7 @@ from mmdoconv import DOConv2d, DOConvFoldHook, fold_doconv
 from mmdoconv.utils.cli import build_model, build_runner
 from runs import (as_cli, config_path, run_tool, segmentation_options,
                   upstream_tool)
-from test_detection import _flatten
+from test_detection import InitialState, _flatten, assert_trained_plain
 
 CONFIGS = {
     'cityscapes': dict(
@@ -146,9 +146,14 @@ def test_doconv_task_trains_and_folded_miou_equals_unfolded(
 
 @pytest.mark.parametrize('dataset', sorted(CONFIGS))
 def test_baseline_trains_and_evaluates(tmp_path, synthetic_data, dataset):
+    """Besides mIoU in range: the baseline is plain and trained (see
+    :func:`test_detection.assert_trained_plain` for the mutations)."""
     options = segmentation_options(dataset, synthetic_data[dataset])
     runner = _runner(dataset, 'baseline', tmp_path, options)
+    initial = InitialState()
+    runner.register_hook(initial)
     runner.train()
+    assert_trained_plain(runner, initial)
     assert 0.0 <= runner.message_hub.get_scalar('val/mIoU').current() <= 100
 
 
@@ -181,8 +186,10 @@ def test_folded_checkpoint_tests_through_plain_config(tmp_path,
 
 def test_two_process_cpu_training_with_syncbn_keeps_ranks_identical(
         tmp_path, synthetic_data):
-    """The shipped configs use SyncBN, which gloo cannot run on CPU: the
-    CPU launch path turns it into BN (and says so) and the ranks agree."""
+    """The shipped configs use SyncBN, which torch runs on CUDA only: the
+    CPU launch path turns it into CPUSyncBN (and says so) and the ranks
+    agree.  One sample per rank, legal with SyncBN, trains (with BN each
+    rank's image-pool branch saw 1 value per channel and BatchNorm raised)."""
     config = tmp_path / 'task_dump.py'
     config.write_text(
         f"_base_ = ['{config_path('deeplabv3', CONFIGS['cityscapes']['task'])}']\n"
@@ -193,10 +200,12 @@ def test_two_process_cpu_training_with_syncbn_keeps_ranks_identical(
     assert "'SyncBN'" in Config.fromfile(str(config)).pretty_text
     options = segmentation_options('cityscapes', synthetic_data['cityscapes'],
                                    crop=(32, 64), iters=2)
+    options['train_dataloader.batch_size'] = 1
     result = run_tool('tools/dist_train.sh', str(config), '2', '--work-dir',
                       str(tmp_path), *as_cli(options),
                       env_extra=dict(PORT='29519', OMP_NUM_THREADS='1'))
-    assert 'cannot run SyncBN: using BN' in result.stdout + result.stderr
+    assert 'SyncBN runs as CPUSyncBN (batch statistics reduced across ' \
+        'ranks over gloo)' in result.stdout + result.stderr
     ranks = [torch.load(tmp_path / f'rank{r}.pth') for r in (0, 1)]
     assert len(ranks[0]) == 2 * TASK_STAGE_DOCONV['cityscapes']
     for key, value in ranks[0].items():

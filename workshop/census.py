@@ -36,7 +36,8 @@ from mmengine.registry import MODELS, TRANSFORMS, DefaultScope
 from torch import nn
 
 from mmdoconv import DOConv2d, convert_to_doconv
-from mmdoconv.deploy.export import (TensorGraph, dense_heads, flatten_tensors,
+from mmdoconv.utils.compare import flatten_tensors, max_abs_difference
+from mmdoconv.deploy.export import (TensorGraph, dense_heads,
                                     pack_sample)
 from mmdoconv.deploy.fold import fold_doconv
 from mmdoconv.utils.cli import (BadInputError, import_scope,
@@ -253,14 +254,6 @@ def _outputs(graph: TensorGraph, inputs: torch.Tensor) -> List[torch.Tensor]:
         return list(graph(inputs))
 
 
-def _max_diff(first: Sequence[torch.Tensor],
-              second: Sequence[torch.Tensor]) -> float:
-    if len(first) != len(second):
-        return float('inf')
-    return max((float((a - b).abs().max()) for a, b in zip(first, second)
-                if a.numel()), default=0.0)
-
-
 def census_of(config_path: str, seed: int = 0, **switch) -> CensusRow:
     """Run the census on one config; errors are caught into the row.
 
@@ -354,12 +347,12 @@ def _census(row: CensusRow, config_path: str, seed: int, switch: dict,
     if not expected:
         raise RuntimeError('the model returns no tensors to compare')
     fold_doconv(model)
-    row.fold_max_diff = _max_diff(expected, compare(model))
+    row.fold_max_diff = max_abs_difference(expected, compare(model))
 
     # 5. The plain model takes the folded weights strictly.
     plain.load_state_dict(model.state_dict(), strict=True)
     row.strict_load = True
-    row.plain_max_diff = _max_diff(expected, compare(plain.eval()))
+    row.plain_max_diff = max_abs_difference(expected, compare(plain.eval()))
 
 
 def _prediction_tensors(samples) -> List[torch.Tensor]:

@@ -38,7 +38,7 @@ PRELOAD = ('torch', 'torchvision', 'mmengine.runner', 'mmcv.ops',
 #: interpreter.
 READ_AT_IMPORT = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
                   'CUDA_VISIBLE_DEVICES', 'PYTHONHASHSEED', 'TORCH_HOME',
-                  'LD_PRELOAD')
+                  'LD_PRELOAD', 'TRITON_INTERPRET')
 
 
 class ToolServer:

@@ -57,6 +57,31 @@ def doconv_identity(kernel_numel: int,
     return torch.cat(blocks, dim=1)
 
 
+def weight_for_kernel(kernel: Tensor, d_mul: int) -> Tensor:
+    """The ``W`` of a DO-Conv layer that composes to ``kernel`` at D = I.
+
+    With ``D_mul == M*N`` that is the kernel itself; with ``D_mul > M*N``
+    (W of shape ``(C_out, C_in/groups, 1, D_mul)``) it is the kernel's
+    ``M*N`` positions followed by zeros, which the tiled identity
+    (:func:`doconv_identity`) composes back to the kernel.
+
+    Args:
+        kernel: A plain conv kernel ``(C_out, C_in/groups, M, N)``.
+        d_mul: The layer's depth multiplier, ``>= M*N``.
+
+    Returns:
+        A new tensor, or ``kernel`` itself when ``D_mul == M*N``.
+    """
+    out_channels, in_per_group, kernel_h, kernel_w = kernel.shape
+    kernel_numel = kernel_h * kernel_w
+    if d_mul == kernel_numel:
+        return kernel
+    weight = kernel.new_zeros(out_channels, in_per_group, 1, d_mul)
+    weight[..., :kernel_numel] = kernel.reshape(out_channels, in_per_group, 1,
+                                                kernel_numel)
+    return weight
+
+
 class _ComposeKernel(torch.autograd.Function):
     """``W'[g, o, c, s] = sum_d W[g, o, c, d] * D[g, c, s, d]`` with GEMMs.
 

@@ -15,7 +15,7 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from .compose import doconv_identity
+from .compose import doconv_identity, weight_for_kernel
 from .doconv import (DOConv2d, check_d_init, check_recompute_kernel,
                      resolve_d_mul)
 
@@ -103,12 +103,7 @@ def doconv_like(conv: nn.Conv2d, D_mul: Union[None, int, str] = None,
         recompute_kernel=recompute_kernel)
     # skip_init leaves every tensor uninitialised: fill all of them.
     kernel_numel = conv.kernel_size[0] * conv.kernel_size[1]
-    if layer.D_mul == kernel_numel:
-        layer.weight.copy_(conv.weight)
-    else:  # zero padding composes back to the same kernel (D = I tiled)
-        layer.weight.zero_()
-        layer.weight[..., :kernel_numel] = conv.weight.reshape(
-            *layer.weight.shape[:-1], kernel_numel)
+    layer.weight.copy_(weight_for_kernel(conv.weight, layer.D_mul))
     layer.weight.requires_grad_(conv.weight.requires_grad)
     if conv.bias is not None:
         layer.bias.copy_(conv.bias)

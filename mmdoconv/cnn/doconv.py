@@ -9,29 +9,13 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.fx import _symbolic_trace
 from torch.nn.modules.utils import _pair
 
-from .compose import compose_kernel, doconv_identity
+from ..ops.tracing import is_capturing_graph, is_tracing
+from .compose import compose_kernel, doconv_identity, weight_for_kernel
 from .recomposing_conv import RecomposingConv2d
 
 _size_2_t = Union[int, Tuple[int, int]]
-
-# torch >= 2.6 warns on is_fx_tracing() (true under FX and torch.export);
-# the caching check needs both, asked without the warning.
-_is_fx_symbolic_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing',
-                                  _symbolic_trace.is_fx_tracing)
-
-
-def _tracing() -> bool:
-    return _is_fx_symbolic_tracing() or torch.compiler.is_compiling()
-
-
-def _any_tracing() -> bool:
-    # Tracers that must see the layer as compose + conv2d (TorchScript and
-    # ONNX cannot record a Python autograd.Function).
-    return (_tracing() or torch.jit.is_tracing() or torch.jit.is_scripting()
-            or torch.onnx.is_in_onnx_export())
 
 
 def _check_positive_pair(name: str, value: _size_2_t) -> Tuple[int, int]:
@@ -56,6 +40,10 @@ def _check_padding(padding: Union[str, _size_2_t]) -> None:
             and v >= 0 for v in pair):
         raise ValueError(f"padding must be 'same', 'valid', an int or a "
                          f'pair of ints >= 0, but got {padding!r}')
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint's DO-Conv state that this layer cannot take."""
 
 
 #: Named D_mul rules, for one config across kernel sizes (paper Table 8:
@@ -295,7 +283,7 @@ class DOConv2d(nn.Conv2d):
         if self.D is None:
             return self.weight
         if (self.training or torch.is_grad_enabled()
-                or _tracing()):  # FX / export: no cache key on proxies
+                or is_capturing_graph()):  # no cache key on proxies
             return self._compose(self.weight)  # autograd needs a fresh one
         key = (self.weight._version, self.D._version, self.weight.data_ptr(),
                self.D.data_ptr(), self.weight.dtype, self.weight.device)
@@ -337,7 +325,7 @@ class DOConv2d(nn.Conv2d):
         # Grad mode first (cheap; false in every eval forward), then
         # tracing: FX proxies cannot answer requires_grad.
         return (self.recompute_kernel and torch.is_grad_enabled()
-                and not _any_tracing()
+                and not is_tracing()
                 and any(t is not None and t.requires_grad
                         for t in (input, weight, self.D, bias))
                 and self._conv_padding() is not None)
@@ -433,36 +421,35 @@ class DOConv2d(nn.Conv2d):
 
         A plain ``(C_out, C_in/groups, M, N)`` weight loads into a
         ``D_mul > M*N`` layer as ``W`` padded with zeros, which composes back
-        to the same kernel; a 3-D ``(C_out, C_in/groups, D_mul)`` weight (the
-        layout of earlier mmdoconv versions) loads too.
+        to the same kernel.
         """
         weight_key = prefix + 'weight'
         loaded_weight = state_dict.get(weight_key)
         if (self.D is not None and isinstance(loaded_weight, Tensor)
-                and self.D_mul > self.D.shape[1]):
-            out_channels, in_per_group = self.weight.shape[:2]
-            if (loaded_weight.dim() == 4
-                    and loaded_weight.shape[2:] == self.kernel_size):
-                # A plain kernel: W padded with zeros composes back to it.
-                padded = loaded_weight.new_zeros(self.weight.shape)
-                padded[..., :self.D.shape[1]] = loaded_weight.reshape(
-                    out_channels, in_per_group, 1, -1)
-                state_dict = dict(state_dict)
-                state_dict[weight_key] = padded
-            elif loaded_weight.dim() == 3:  # mmdoconv < 0.2 stored W 3-D
-                state_dict = dict(state_dict)
-                state_dict[weight_key] = loaded_weight.unsqueeze(2)
+                and self.D_mul > self.D.shape[1]
+                and loaded_weight.dim() == 4
+                and loaded_weight.shape[2:] == self.kernel_size):
+            # A plain kernel: W padded with zeros composes back to it.
+            state_dict = dict(state_dict)
+            state_dict[weight_key] = weight_for_kernel(loaded_weight,
+                                                       self.D_mul)
         loaded_d = state_dict.get(prefix + 'D')
         if (self.D is not None and isinstance(loaded_d, Tensor)
                 and loaded_d.shape != self.D.shape):
             # Loading would keep this layer's D and drop the trained one
             # (a non-strict load only warns): refuse, naming both.
-            raise ValueError(
+            raise IncompatibleCheckpointError(
                 f'{prefix}D: the checkpoint\'s D has shape '
-                f'{tuple(loaded_d.shape)} (D_mul={loaded_d.shape[-1]}) but '
-                f'this layer\'s is {tuple(self.D.shape)} (D_mul={self.D_mul})'
-                f'; build the model with D_mul={loaded_d.shape[-1]}, or fold '
-                'the checkpoint (tools/fold_checkpoint.py) to start from W\'')
+                f'{tuple(loaded_d.shape)} but this layer\'s is '
+                f'{tuple(self.D.shape)} (D_mul={self.D_mul}); '
+                + self._d_mismatch_hint(tuple(loaded_d.shape)))
+        loaded_hw = state_dict.get(prefix + 'kernel_hw')
+        if 'kernel_hw' in self._buffers and loaded_hw is not None and not (
+                isinstance(loaded_hw, Tensor) and loaded_hw.numel() == 2):
+            raise IncompatibleCheckpointError(
+                f'{prefix}kernel_hw: expected a tensor of 2 ints (M, N), but '
+                f'the checkpoint holds {type(loaded_hw).__name__} '
+                f'{loaded_hw!r:.60}')
         local_missing: list = []
         super()._load_from_state_dict(state_dict, prefix, local_metadata,
                                       strict, local_missing, unexpected_keys,
@@ -481,6 +468,23 @@ class DOConv2d(nn.Conv2d):
                     f'{prefix}kernel_hw: checkpoint kernel {loaded} does not '
                     f'match this layer\'s kernel_size {self.kernel_size}')
         missing_keys.extend(local_missing)
+
+    def _d_mismatch_hint(self, loaded_shape: Tuple[int, ...]) -> str:
+        """What to do about a checkpoint D of another shape."""
+        fold = ("or fold the checkpoint (tools/model_converters/"
+                "fold_checkpoint.py) to start from its W'")
+        if len(loaded_shape) != 3 or loaded_shape[0] != self.in_channels:
+            return f'it is not a D of this layer ({self.in_channels} inputs)'
+        kernel_numel = self.D.shape[1]
+        if loaded_shape[1] != kernel_numel:
+            return (f'it belongs to a kernel of {loaded_shape[1]} positions, '
+                    f'not this {self.kernel_size[0]}x{self.kernel_size[1]} '
+                    f'kernel ({kernel_numel}); {fold}')
+        if loaded_shape[2] < kernel_numel:
+            return (f'its D_mul={loaded_shape[2]} is below M*N = '
+                    f'{kernel_numel}, which no DO-Conv layer has: it is not '
+                    'a DO-Conv checkpoint of this model')
+        return f'build the model with D_mul={loaded_shape[2]}, {fold}'
 
     def extra_repr(self) -> str:
         text = super().extra_repr()

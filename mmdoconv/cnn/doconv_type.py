@@ -65,9 +65,6 @@ def _new_doconv(cls: type,
     return super(DOConv, cls).__new__(cls)
 
 
-#: The old name of the builder, kept for code that imported it.
-build_doconv = DOConv
-
 MODELS.register_module(name='DOConv', module=DOConv)
 # The class itself, for configs that want a DOConv2d even for 1x1 kernels.
 MODELS.register_module(name='DOConv2d', module=DOConv2d)

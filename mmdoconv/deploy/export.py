@@ -19,6 +19,7 @@ second batch, so a graph that baked one input's data-dependent shapes into
 constants is caught.
 """
 import logging
+import os.path as osp
 from collections import Counter
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -28,21 +29,11 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from torch import Tensor, nn
 
+from ..utils.compare import flatten_tensors, max_abs_difference
 from .fold import fold_doconv
 
 #: Children that :meth:`extract_feat` already runs, or that take no features.
 _FEATURE_PRODUCERS = ('backbone', 'neck', 'data_preprocessor')
-
-
-def flatten_tensors(outputs) -> List[Tensor]:
-    """The tensors of a nested tuple / list / dict output, in order."""
-    if isinstance(outputs, Tensor):
-        return [outputs]
-    if isinstance(outputs, dict):
-        return [t for value in outputs.values() for t in flatten_tensors(value)]
-    if isinstance(outputs, (list, tuple)):
-        return [t for value in outputs for t in flatten_tensors(value)]
-    return []
 
 
 class TensorGraph(nn.Module):
@@ -154,14 +145,24 @@ def export_onnx(model: nn.Module,
         DO-Conv layers folded), ``num_outputs`` and ``fallback_reason`` set.
     """
     log = log or (lambda msg: print_log(msg, 'current', logging.WARNING))
+    folder = osp.dirname(osp.abspath(path))
+    if not osp.isdir(folder):
+        raise FileNotFoundError(
+            f'the output folder {folder!r} of {path!r} does not exist')
     folded = fold_doconv(model)
     model.eval()
     reason = None
     graph = None
     if part in (None, 'tensor'):
-        graph = TensorGraph(model, 'tensor', data_samples)
+        # In eval mode like the model: torch.onnx.export restores the
+        # exported module's own mode afterwards, recursively, and a new
+        # module's is train (which would put the caller's model in train
+        # mode and let BatchNorm update its statistics).
+        graph = TensorGraph(model, 'tensor', data_samples).eval()
         try:
             _export(graph, inputs, path, opset_version)
+        except OSError:  # writing the file: not a property of the forward
+            raise
         except Exception as error:  # noqa: BLE001 - reported, then fallback
             if part == 'tensor':
                 raise
@@ -170,7 +171,7 @@ def export_onnx(model: nn.Module,
                       f'{str(error).splitlines()[0] if str(error) else ""})')
             graph = None
     if graph is None:
-        graph = TensorGraph(model, 'dense')
+        graph = TensorGraph(model, 'dense').eval()
         graph.heads = dense_heads(model, inputs)
         if reason:
             log(f'{reason}; exported its dense part instead: extract_feat'
@@ -179,7 +180,7 @@ def export_onnx(model: nn.Module,
     graph.folded = folded
     graph.opset_version = opset_version
     graph.fallback_reason = reason
-    return graph.eval()
+    return graph
 
 
 #: Values for the meta keys OpenMMLab's packing transforms ask for.
@@ -234,23 +235,15 @@ def run_onnx(path: str, inputs: Tensor) -> List[np.ndarray]:
 
 
 @torch.no_grad()
-def max_abs_difference(graph: nn.Module, path: str, inputs: Tensor) -> float:
-    """Largest |PyTorch - onnxruntime| over every output of the graph."""
-    expected = graph(inputs)
-    actual = run_onnx(path, inputs)
-    if len(expected) != len(actual):
-        raise RuntimeError(f'the ONNX graph has {len(actual)} outputs, the '
-                           f'PyTorch model {len(expected)}')
-    differences = []
-    for index, (e, a) in enumerate(zip(expected, actual)):
-        if tuple(e.shape) != tuple(a.shape):
-            raise RuntimeError(
-                f'output {index} has shape {tuple(a.shape)} in ONNX but '
-                f'{tuple(e.shape)} in PyTorch: the graph depends on the traced '
-                'input')
-        differences.append(float(np.abs(e.numpy() - a).max()) if a.size
-                           else 0.0)
-    return max(differences)
+def onnx_difference(graph: nn.Module, path: str, inputs: Tensor) -> float:
+    """Largest |PyTorch - onnxruntime| over every output of the graph.
+
+    Raises:
+        ValueError: If the ONNX graph's outputs differ in number or shape
+            from the PyTorch model's (a graph that baked the traced input's
+            shapes in).
+    """
+    return max_abs_difference(list(graph(inputs)), run_onnx(path, inputs))
 
 
 def node_histogram(path: str) -> dict:

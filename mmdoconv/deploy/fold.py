@@ -5,9 +5,10 @@ plain ``nn.Conv2d``, so a deployed model costs exactly what the plain model
 costs and loads without mmdoconv.
 
 Note:
-    Fold before fusing conv and BN (``mmcv.cnn.fuse_conv_bn``): the fuser
-    accepts any ``nn.Conv2d`` subclass and would fuse ``W`` instead of
-    ``W'``.
+    Folding and fusing conv and BN (``mmcv.cnn.fuse_conv_bn``) commute: the
+    fuser scales ``weight`` per output channel, and a DO-Conv layer composes
+    ``D^T o (c W) = c W'`` (:meth:`DOConv2d._conv_forward`), so either order
+    gives the same plain model (tests/test_conv_paths.py).
 """
 from collections import OrderedDict
 from typing import List, Mapping, Tuple
@@ -141,6 +142,42 @@ def _describe(value) -> str:
 
 
 @torch.no_grad()
+def fold_for_plain_convs(model: nn.Module, state_dict: Mapping[str, Tensor]
+                         ) -> Tuple[Mapping[str, Tensor], List[str]]:
+    """Fold the DO-Conv entries of ``state_dict`` whose layer in ``model``
+    is a plain conv; the rest is returned as it is.
+
+    Loading an unfolded DO-Conv checkpoint into a plain model would otherwise
+    keep ``W`` and drop ``D`` (only an "unexpected key" warning), and the
+    model would compute with ``W`` instead of ``W'``.
+
+    Returns:
+        The state dict to load (the input itself when nothing folds) and the
+        names of the folded layers.
+    """
+    modules = dict(model.named_modules())
+    prefixes = []
+    for key in state_dict:
+        if isinstance(key, str) and _is_d_key(key):
+            module = modules.get(key[:-2] if key != 'D' else '')
+            if isinstance(module, nn.modules.conv._ConvNd) and getattr(
+                    module, 'D', None) is None:
+                prefixes.append(key[:-1])
+    if not prefixes:
+        return state_dict, []
+    own_keys = {prefix + name for prefix in prefixes
+                for name in ('D', 'weight', 'kernel_hw')}
+    folded = fold_state_dict(
+        {k: v for k, v in state_dict.items() if k in own_keys})
+    result = OrderedDict((key, folded[key] if key in own_keys else value)
+                         for key, value in state_dict.items()
+                         if key not in own_keys or key in folded)
+    metadata = getattr(state_dict, '_metadata', None)
+    if metadata is not None:
+        result._metadata = metadata
+    return result, [prefix[:-1] for prefix in prefixes]
+
+
 def fold_state_dict(state_dict: Mapping[str, Tensor]) -> 'OrderedDict':
     """Fold the DO-Conv layers of a state dict without building the model.
 

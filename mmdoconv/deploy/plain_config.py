@@ -6,18 +6,25 @@ checkpoint, so stock mmdet / mmseg / mmpretrain code loads the pair with
 ``strict=True``.
 """
 import copy
+import inspect
 import os.path as osp
 from typing import Any, Tuple
 
 from mmengine.config import Config
+from torch import nn
+
+from ..cnn.doconv import DOConv2d
 
 from ..utils.checkpoint import load_checkpoint_file, save_folded_checkpoint
 from ..utils.cli import model_state_dict_of
 
 #: Registry names whose layers fold to ``nn.Conv2d``.
 DOCONV_TYPES = ('DOConv', 'DOConv2d')
-#: Keys of a DO-Conv layer config that a plain conv does not take.
-_DOCONV_KEYS = ('type', 'D_mul', 'D_init')
+#: Keys of a DO-Conv layer config that a plain conv does not take: its type
+#: and every argument DOConv2d adds to nn.Conv2d's.
+_DOCONV_KEYS = ('type', ) + tuple(
+    name for name in inspect.signature(DOConv2d).parameters
+    if name not in inspect.signature(nn.Conv2d).parameters)
 _PLUGIN = 'mmdoconv'
 _HOOKS = ('DOConvFoldHook', )
 

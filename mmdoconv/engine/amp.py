@@ -6,7 +6,8 @@ needs no loss scaling.  mmcv 2.1's CPU kernels (NMS, RoIAlign) accept only
 float32, so on CPU autocast covers the model's ``extract_feat`` (backbone and
 neck: most of the compute, and every DO-Conv layer of the task configs) and
 the heads receive float32 features.  Models without ``extract_feat`` are
-autocast whole.
+autocast whole.  As with mmengine's AmpOptimWrapper, only the training
+forward runs in mixed precision: validation and testing stay float32.
 """
 from contextlib import contextmanager, nullcontext
 
@@ -33,27 +34,40 @@ def _bf16(function):
         with torch.autocast(device_type='cpu', dtype=torch.bfloat16):
             return _to_float(function(*args, **kwargs))
 
-    run_in_bf16.mmdoconv_bf16 = True
     return run_in_bf16
 
 
 @OPTIM_WRAPPERS.register_module()
 class CPUBf16OptimWrapper(OptimWrapper):
-    """OptimWrapper for CPU mixed precision with bf16 autocast."""
+    """OptimWrapper for CPU mixed precision with bf16 autocast.
+
+    Inside :meth:`optim_context` (the training forward) the model's
+    ``extract_feat`` runs under bf16 autocast, or the whole forward where the
+    model has none; the model is as it was once the context ends, so
+    validation and testing run in float32.
+    """
 
     @contextmanager
     def optim_context(self, model: torch.nn.Module):
         module = model.module if is_model_wrapper(model) else model
         extract_feat = getattr(module, 'extract_feat', None)
-        whole_model = extract_feat is None
-        if extract_feat is not None and not getattr(extract_feat,
-                                                    'mmdoconv_bf16', False):
-            # An attribute of this instance, so the class stays untouched.
-            module.extract_feat = _bf16(extract_feat)
         autocast = torch.autocast(device_type='cpu', dtype=torch.bfloat16) \
-            if whole_model else nullcontext()
-        with super().optim_context(model), autocast:
-            yield
+            if extract_feat is None else nullcontext()
+        # An attribute of this instance, so the class stays untouched; what
+        # the instance itself held (if anything) is put back afterwards.
+        missing = object()
+        own = module.__dict__.get('extract_feat', missing)
+        if extract_feat is not None:
+            module.extract_feat = _bf16(extract_feat)
+        try:
+            with super().optim_context(model), autocast:
+                yield
+        finally:
+            if extract_feat is not None:
+                if own is missing:
+                    del module.extract_feat
+                else:
+                    module.extract_feat = own
 
 
 def enable_amp(cfg: Config) -> None:

@@ -12,19 +12,11 @@ from mmengine.registry import HOOKS
 from torch import nn
 
 from ..cnn.doconv import DOConv2d
-from ..deploy.export import flatten_tensors
 from ..deploy.fold import swap_in_folded
 from ..utils.checkpoint import load_checkpoint_file, save_folded_checkpoint
+from ..utils.compare import max_abs_difference
 
 DATA_BATCH = Optional[Sequence[dict]]
-
-
-def _max_abs_difference(first, second) -> float:
-    """Largest |a - b| over matching tensors of two nested outputs."""
-    return max(((a.float() - b.float()).abs().max().item()
-                for a, b in zip(flatten_tensors(first),
-                                flatten_tensors(second)) if a.numel()),
-               default=0.0)
 
 
 @HOOKS.register_module()
@@ -143,7 +135,7 @@ class DOConvFoldHook(Hook):
         count = self._fold(runner)
         delta = 'n/a'
         if probe is not None:
-            delta = f'{_max_abs_difference(probe, model(**data, mode="tensor")):.3g}'
+            delta = f'{max_abs_difference(probe, model(**data, mode="tensor")):.3g}'
         print_log(f'folded {count} DO-Conv layers '
                   f'(max |Δ| on a probe batch: {delta})', 'current')
 

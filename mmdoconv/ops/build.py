@@ -19,7 +19,11 @@ def main() -> None:
     args = parser.parse_args()
     cached = osp.exists(library_path())
     start = time.monotonic()
-    path = build_extension(verbose=args.verbose)
+    try:
+        path = build_extension(verbose=args.verbose)
+    except (OSError, RuntimeError) as error:  # no source, compiler or OpenMP
+        raise SystemExit(f'error: the C++ extension did not build: {error} '
+                         '(DO-Conv composes with pure PyTorch without it)')
     module, why = load_extension()
     if module is None:
         raise SystemExit(f'error: {why}')

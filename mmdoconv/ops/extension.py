@@ -49,8 +49,14 @@ def build_extension(verbose: bool = False) -> str:
 
     Returns:
         The path of the built shared library.
+
+    Raises:
+        FileNotFoundError: If the C++ source is not installed.
     """
     from torch.utils.cpp_extension import load
+    if not osp.isfile(SOURCE):
+        raise FileNotFoundError(f'the C++ source {SOURCE} is not installed '
+                                '(reinstall mmdoconv from its wheel or sdist)')
     path = library_path()
     if osp.exists(path):
         return path
@@ -77,7 +83,12 @@ def load_extension() -> Tuple[Optional[ModuleType], str]:
 
 
 def _load() -> Tuple[Optional[ModuleType], str]:
-    path = library_path()
+    # Every reason not to load is a reason to compose with pure PyTorch
+    # (said once in the log by the caller), never an error in the user's step.
+    try:
+        path = library_path()
+    except OSError as error:  # the source (the cache key) is not readable
+        return None, f'the C++ source is not available: {error}'
     if not osp.exists(path):
         return None, ('the C++ extension is not built for torch '
                       f'{torch.__version__} (python -m mmdoconv.ops.build)')

@@ -7,8 +7,13 @@ says which applies to a weight, or ``None`` when the caller should use the
 pure-PyTorch composition.  The first choice per device type is logged once,
 with the reason when it is the fallback.
 
-``MMDOCONV_COMPOSE=torch`` turns the fused paths off (benchmarks compare both
-in one process with :func:`force_backend`).
+``MMDOCONV_COMPOSE`` chooses, read and checked at the first composition:
+``auto`` (or unset) as above, ``torch`` turns the fused paths off (benchmarks
+compare both in one process with :func:`force_backend`), and ``triton``
+sends every device's composition to the Triton kernels: on CUDA as ``auto``
+does, and on CPU tensors through Triton's interpreter (``TRITON_INTERPRET=1``,
+set before triton is imported), which is how the CPU test suite runs the
+CUDA code path (dispatch, self-check, recomposing backward, fold) whole.
 """
 import contextlib
 import os
@@ -19,10 +24,14 @@ from mmengine.logging import print_log
 from torch import Tensor
 
 from .extension import load_extension
+from .tracing import is_tracing
 
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-# Read once: fused_backend runs on every training forward of every layer.
-_ENV_CHOICE = os.environ.get('MMDOCONV_COMPOSE', '').lower()
+#: Values of MMDOCONV_COMPOSE.
+COMPOSE_CHOICES = ('auto', 'torch', 'triton')
+# Read once, at the first composition (fused_backend runs on every training
+# forward of every layer).
+_env_choice: Optional[str] = None
 _reported = set()
 _forced: Optional[str] = None
 
@@ -40,30 +49,40 @@ def force_backend(name: Optional[str]) -> Iterator[None]:
         _forced = previous
 
 
-def _tracing() -> bool:
-    # torch.compile / torch.export, TorchScript tracing and ONNX export see
-    # the pure-PyTorch ops; an opaque extension call would end the graph.
-    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export())
+def compose_choice() -> str:
+    """``MMDOCONV_COMPOSE`` (``auto`` when unset), read and checked once.
+
+    Raises:
+        ValueError: If the variable is not one of :data:`COMPOSE_CHOICES`.
+    """
+    global _env_choice
+    if _env_choice is None:
+        value = os.environ.get('MMDOCONV_COMPOSE', '').strip().lower()
+        value = value or 'auto'
+        if value not in COMPOSE_CHOICES:
+            raise ValueError(f'MMDOCONV_COMPOSE must be one of '
+                             f'{", ".join(COMPOSE_CHOICES)}, but got '
+                             f'{os.environ["MMDOCONV_COMPOSE"]!r}')
+        _env_choice = value
+    return _env_choice
 
 
 def fused_backend(weight: Tensor) -> Optional[str]:
     """``'cpp'``, ``'triton'`` or ``None`` (pure PyTorch) for this weight."""
-    if _forced == 'torch' or _tracing() or weight.dtype not in _FUSED_DTYPES:
+    if _forced == 'torch' or is_tracing() or weight.dtype not in _FUSED_DTYPES:
         return None
     device = weight.device.type
-    if _ENV_CHOICE not in ('', 'auto', 'torch'):
-        raise ValueError("MMDOCONV_COMPOSE must be 'auto' or 'torch', but "
-                         f'got {_ENV_CHOICE!r}')
-    if _ENV_CHOICE == 'torch':
+    choice = compose_choice()
+    if choice == 'torch':
         backend, why = None, 'MMDOCONV_COMPOSE=torch'
+    elif choice == 'triton' or device == 'cuda':
+        from .triton_compose import triton_available
+        why = triton_available(weight.device) or triton_self_check(
+            weight.device)
+        backend = 'triton' if not why else None
     elif device == 'cpu':
         module, why = load_extension()
         backend = 'cpp' if module is not None else None
-    elif device == 'cuda':
-        from .triton_compose import triton_available
-        why = triton_available() or triton_self_check(weight.device)
-        backend = 'triton' if not why else None
     else:
         backend, why = None, f'no fused kernel for device {device!r}'
     if device not in _reported:
@@ -81,38 +100,61 @@ _self_checks = {}
 
 
 def triton_self_check(device: torch.device) -> str:
-    """``''`` when the Triton kernels compile, run and agree with the pure
-    composition on ``device`` (checked once per device), else the reason.
+    """``''`` when the Triton kernels compile, run and agree with the
+    composition's definition on ``device``, else the reason.
 
-    The CUDA path is the one a CPU test suite cannot run; a GPU whose Triton
-    cannot compile these kernels then trains on the pure path instead of
-    failing mid-run.
+    Checked once per device, whatever the outcome, and never raises: it runs
+    inside the user's step wherever the first composition on a device happens
+    (a training forward, where an ``autograd.Function`` turns grad mode off,
+    an eval under ``no_grad``, a fold), and a GPU whose Triton cannot compile
+    or run these kernels then trains on the pure path instead of failing.
+    The reference is computed in float64 on the CPU from the definition, so
+    neither grad mode nor TF32 matmuls (``allow_tf32``) can move it.
     """
     key = str(device)
     if key not in _self_checks:
-        from ..cnn.compose import compose_grouped
-        from . import triton_compose
-        generator = torch.Generator().manual_seed(0)
-        weight = torch.randn(12, 5, 9, generator=generator).to(device)
-        d_full = torch.randn(10, 9, 9, generator=generator).to(device)
         try:
-            got = triton_compose.compose_forward(weight, d_full, 2)
-            grads = triton_compose.compose_backward(
-                torch.ones_like(got), weight, d_full, 2, True, True)
-        except Exception as error:  # compile or launch failure
+            _self_checks[key] = _triton_agrees(device)
+        except Exception as error:  # compile, launch or any other failure
             _self_checks[key] = (f'the Triton kernels fail here: '
                                  f'{type(error).__name__}: {error}')
-        else:
-            w = weight.clone().requires_grad_()
-            d = d_full.clone().requires_grad_()
-            expected = compose_grouped(w, d, 2)
-            expected.sum().backward()
-            agree = all(torch.allclose(a, b, rtol=1e-4, atol=1e-4)
-                        for a, b in ((got, expected), (grads[0], w.grad),
-                                     (grads[1], d.grad)))
-            _self_checks[key] = '' if agree else (
-                'the Triton kernels disagree with the pure composition here')
     return _self_checks[key]
+
+
+def _triton_agrees(device: torch.device) -> str:
+    from . import triton_compose
+    groups = 2
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(12, 5, 9, generator=generator)
+    d_full = torch.randn(10, 9, 9, generator=generator)
+    grad = torch.randn(12, 5, 9, generator=generator)
+    with torch.no_grad():
+        got = triton_compose.compose_forward(weight.to(device),
+                                             d_full.to(device), groups)
+        got_grads = triton_compose.compose_backward(
+            grad.to(device), weight.to(device), d_full.to(device), groups,
+            True, True)
+    expected = _reference_compose(weight.double(), d_full.double(),
+                                  grad.double(), groups)
+    agree = all(
+        torch.allclose(a.detach().cpu().double(), b, rtol=1e-4, atol=1e-4)
+        for a, b in zip((got, *got_grads), expected))
+    return '' if agree else (
+        'the Triton kernels disagree with the composition here')
+
+
+def _reference_compose(weight: Tensor, d_full: Tensor, grad: Tensor,
+                       groups: int):
+    """``(W', grad W, grad D)`` from the definition, elementwise: no matmul
+    (TF32) and no autograd (grad mode) is involved."""
+    out_channels, in_per_group, d_mul = weight.shape
+    w = weight.reshape(groups, out_channels // groups, in_per_group, 1, d_mul)
+    d = d_full.reshape(groups, 1, in_per_group, -1, d_mul)
+    g = grad.reshape(groups, out_channels // groups, in_per_group, -1, 1)
+    composed = (w * d).sum(-1).reshape(out_channels, in_per_group, -1)
+    grad_weight = (g * d).sum(-2).reshape(weight.shape)
+    grad_d = (g * w).sum(1).reshape(d_full.shape)
+    return composed, grad_weight, grad_d
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

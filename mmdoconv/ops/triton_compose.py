@@ -34,13 +34,21 @@ def interpreting() -> bool:
     return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
-def triton_available() -> str:
-    """``''`` when the kernels can run on CUDA here, else the reason."""
+def triton_available(device: torch.device) -> str:
+    """``''`` when the kernels can run on ``device`` here, else the reason.
+
+    CUDA devices run them compiled; CPU tensors only through Triton's
+    interpreter (``TRITON_INTERPRET=1`` when triton was imported).
+    """
     if triton is None:
         return 'triton is not installed'
-    if not torch.cuda.is_available():
-        return 'no CUDA device'
-    return ''
+    if device.type == 'cuda':
+        return '' if torch.cuda.is_available() else 'no CUDA device'
+    if device.type == 'cpu':
+        return '' if interpreting() else (
+            "the Triton kernels run on CPU tensors only in Triton's "
+            'interpreter (TRITON_INTERPRET=1)')
+    return f'the Triton kernels do not run on {device.type!r} tensors'
 
 
 if triton is not None:

@@ -14,9 +14,11 @@ import signal
 import sys
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
+from mmengine.config import DictAction as _MMEngineDictAction
 from torch import Tensor, nn
 
+from ..cnn.doconv import IncompatibleCheckpointError
 from .checkpoint import InvalidCheckpointError, UnsafeCheckpointError
 
 KNOWN_SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
@@ -25,7 +27,7 @@ __all__ = ['DictAction', 'load_config', 'import_scope', 'default_work_dir',
            'add_hook_once', 'prepare_run_config', 'require_file', 'build_model',
            'build_runner',
            'BadInputError', 'cli_main',
-           'require_new_output', 'require_fresh_work_dir',
+           'require_new_output', 'require_fresh_work_dir', 'require_folder_path',
            'require_training_checkpoint', 'model_state_dict_of',
            'check_checkpoint_matches_model']
 
@@ -34,9 +36,35 @@ class BadInputError(ValueError):
     """An argument, file or config a tool cannot work with."""
 
 
+#: ``--cfg-options`` keys whose value is a formula string, taken verbatim
+#: (mmengine's DictAction would read ``(M+2)*(N+2)`` as a tuple).
+_VERBATIM_KEYS = ('D_mul', )
+
+
+class DictAction(_MMEngineDictAction):
+    """mmengine's ``--cfg-options`` action, with one clear error for an
+    entry that is not ``KEY=VALUE`` and the paper's ``D_mul`` spellings
+    (``'(M+2)*(N+2)'``) kept as the strings they are."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for entry in values or ():
+            if '=' not in entry or entry.startswith('='):
+                raise BadInputError(
+                    f'{option_string} entries must be KEY=VALUE, but got '
+                    f'{entry!r}')
+        super().__call__(parser, namespace, values, option_string)
+        options = getattr(namespace, self.dest)
+        for entry in values or ():
+            key, value = entry.split('=', maxsplit=1)
+            if key.rsplit('.', 1)[-1] in _VERBATIM_KEYS and \
+                    not value.strip().isdigit():
+                options[key] = value.strip().strip('\'"')
+
+
 #: Errors that mean "bad input": a command-line tool prints them as one line.
 BAD_INPUT_ERRORS = (BadInputError, FileNotFoundError, FileExistsError,
-                    UnsafeCheckpointError, InvalidCheckpointError)
+                    UnsafeCheckpointError, InvalidCheckpointError,
+                    IncompatibleCheckpointError)
 
 
 def cli_main(main: Callable[[], Any]) -> Callable[[], None]:
@@ -58,6 +86,21 @@ def cli_main(main: Callable[[], Any]) -> Callable[[], None]:
             sys.exit(2)
 
     return wrapper
+
+
+def require_folder_path(path: str, what: str) -> None:
+    """Refuse a folder to create or write into that cannot be one.
+
+    Raises:
+        BadInputError: If ``path``, or the nearest part of it that exists,
+            is not a folder (a regular file on the way).
+    """
+    existing = osp.abspath(path)
+    while not osp.exists(existing):
+        existing = osp.dirname(existing)
+    if not osp.isdir(existing):
+        raise BadInputError(f'{what} {path!r} cannot be a folder: '
+                            f'{existing!r} is a file')
 
 
 def require_file(path: Optional[str], what: str) -> None:
@@ -144,8 +187,8 @@ def check_checkpoint_matches_model(model: nn.Module, checkpoint: Any,
     """Refuse a checkpoint that is not this model's, before anything runs.
 
     A DO-Conv model accepts checkpoints without ``D`` (D = I: plain and
-    folded checkpoints); a plain model refuses unfolded DO-Conv checkpoints,
-    which would otherwise be scored with W instead of W'.
+    folded checkpoints); a plain model accepts unfolded DO-Conv checkpoints,
+    whose layers load folded (W', :mod:`mmdoconv.engine.fold_on_load`).
 
     Raises:
         BadInputError: Naming what does not match.
@@ -154,24 +197,23 @@ def check_checkpoint_matches_model(model: nn.Module, checkpoint: Any,
     keys = {key[len('module.'):] if key.startswith('module.') else key: value
             for key, value in state_dict.items()}
     expected = model.state_dict()
-    doconv_keys = [k for k in keys if k.endswith('.D') and k not in expected]
-    if doconv_keys:
-        raise BadInputError(
-            f'{path!r} is an unfolded DO-Conv checkpoint ({len(doconv_keys)} '
-            f'layers with D, e.g. {doconv_keys[0]!r}) but {config!r} builds '
-            'plain convs, which would compute with W instead of W\'; fold it '
-            'first (tools/fold_checkpoint.py) or use the DO-Conv config')
     optional = ('.D', '.kernel_hw')  # D = I when absent
+    # D (and kernel_hw) of a layer that is a plain conv here: folded on load.
+    folds = {k for k in keys if k.endswith(optional)
+             and k.rsplit('.', 1)[0] + '.weight' in expected
+             and k.rsplit('.', 1)[0] + '.D' not in expected}
     missing = [k for k in expected
                if k not in keys and not k.endswith(optional)]
-    unexpected = [k for k in keys if k not in expected]
+    unexpected = [k for k in keys if k not in expected and k not in folds]
     mismatched = [
         f'{k} {tuple(keys[k].shape)} vs {tuple(v.shape)}'
         for k, v in expected.items() if k in keys
         and tuple(keys[k].shape) != tuple(v.shape)
         # a DO-Conv layer with D_mul > M*N loads plain weights (see
-        # DOConv2d._load_from_state_dict)
-        and not (k.endswith('.weight') and k[:-len('weight')] + 'D' in expected)
+        # DOConv2d._load_from_state_dict); a folded one composes W'
+        and not (k.endswith('.weight')
+                 and (k[:-len('weight')] + 'D' in expected
+                      or k[:-len('weight')] + 'D' in folds))
     ]
     if missing or unexpected or mismatched:
         parts = [f'{name} {items[:3]}{" ..." if len(items) > 3 else ""}'

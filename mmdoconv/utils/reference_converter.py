@@ -19,7 +19,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..cnn.compose import doconv_identity
+from ..cnn.compose import doconv_identity, weight_for_kernel
 
 
 def _reference_kernel(w: Tensor, d_full: Tensor, groups: int) -> Tensor:
@@ -109,14 +109,9 @@ def convert_reference_state_dict(
                 f'C_in={in_channels}, C_out={out_channels}; converting it '
                 'exactly as its folded kernel with D = 0')
             kernel = _reference_kernel(w, d + d_diag, groups)
-            if d_mul > kernel_numel:
-                weight = w.new_zeros(out_channels, in_per_group, 1, d_mul)
-                weight[..., :kernel_numel] = kernel.reshape(
-                    out_channels, in_per_group, 1, kernel_numel)
-            else:
-                weight = kernel.reshape(out_channels, in_per_group, kernel_h,
-                                        kernel_w)
-            result[prefix + 'weight'] = weight
+            result[prefix + 'weight'] = weight_for_kernel(
+                kernel.reshape(out_channels, in_per_group, kernel_h,
+                               kernel_w), d_mul)
             result[prefix + 'D'] = torch.zeros_like(d)
         if d_mul > kernel_numel:
             result[prefix + 'kernel_hw'] = torch.tensor([kernel_h, kernel_w])

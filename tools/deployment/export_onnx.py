@@ -19,7 +19,7 @@ import mmdoconv  # noqa: F401
 from mmdoconv.deploy import plain_config
 from mmdoconv.deploy.export import (dummy_inputs, example_data_samples,
                                     export_onnx,
-                                    max_abs_difference, node_histogram)
+                                    onnx_difference, node_histogram)
 from mmdoconv.utils.cli import (BadInputError, DictAction, cli_main,
                                 build_model, load_config, require_file,
                                 require_new_output)
@@ -80,6 +80,8 @@ def main() -> None:
     if min(args.shape) <= 0:
         raise BadInputError(f'--shape must be positive, but got {args.shape}')
     require_new_output(args.out, args.overwrite)
+    if not osp.isdir(osp.dirname(osp.abspath(args.out))):
+        raise BadInputError(f'the folder of OUT {args.out!r} does not exist')
     require_file(args.checkpoint, 'checkpoint')
     require_file(args.image, '--image')
     cfg = load_config(args.config, args.cfg_options)
@@ -96,7 +98,7 @@ def main() -> None:
     # data-dependent shapes into constants.
     other = dummy_inputs(tuple(inputs.shape), seed=1) * inputs.std() \
         + inputs.mean()
-    difference = max(max_abs_difference(graph, args.out, batch)
+    difference = max(onnx_difference(graph, args.out, batch)
                      for batch in (inputs, other))
     ops = ', '.join(f'{k}: {v}' for k, v in sorted(
         node_histogram(args.out).items()))

@@ -10,7 +10,8 @@ import argparse
 import os.path as osp
 
 from mmdoconv.deploy import fold_checkpoint
-from mmdoconv.utils.cli import DictAction, cli_main, load_config, require_file
+from mmdoconv.utils.cli import (DictAction, cli_main, load_config,
+                                require_file, require_folder_path)
 
 
 def parse_args() -> argparse.Namespace:
@@ -30,6 +31,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     require_file(args.checkpoint, 'checkpoint')
+    require_folder_path(args.out_dir, 'OUT_DIR')
     cfg = load_config(args.config, args.cfg_options)
     name = osp.splitext(osp.basename(args.config))[0]
     checkpoint, config = fold_checkpoint(cfg, args.checkpoint, args.out_dir,
