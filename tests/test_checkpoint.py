@@ -338,3 +338,28 @@ def test_unreadable_file_is_named_not_called_unsafe(content, reason,
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match='nope.pth'):
         load_checkpoint_file(str(tmp_path / 'nope.pth'))
+
+
+def test_a_class_the_user_allowlists_loads_through_every_scheme(tmp_path):
+    """The documented way in for a trusted checkpoint holding a class of
+    one's own: ``torch.serialization.add_safe_globals``.  Refused before
+    (the error says how), loaded after, and our stand-ins stay scoped."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from trusted_meta import TrustedMeta
+    path = str(tmp_path / 'meta.pth')
+    torch.save({'state_dict': {'w': torch.ones(2)},
+                'meta': {'info': TrustedMeta('run', 3)}}, path)
+    before = list(torch.serialization.get_safe_globals())
+    with pytest.raises(UnsafeCheckpointError,
+                       match=r'TrustedMeta.*add_safe_globals'):
+        CheckpointLoader.load_checkpoint(path, 'cpu')
+    torch.serialization.add_safe_globals([TrustedMeta])
+    try:
+        checkpoint = CheckpointLoader.load_checkpoint(path, 'cpu')
+        assert checkpoint['meta']['info'] == TrustedMeta('run', 3)
+        assert set(torch.serialization.get_safe_globals()) == set(
+            before) | {TrustedMeta}
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)

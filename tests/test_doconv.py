@@ -414,10 +414,11 @@ def test_random_d_init_of_table_7():
 
 
 def _readme_ablation_options():
-    """The --cfg-options of the README's ablation table, as written."""
+    """The --cfg-options of the docs' ablation table, as written."""
     import os.path as osp
     import re
-    readme = open(osp.join(osp.dirname(__file__), '..', 'README.md')).read()
+    readme = open(osp.join(osp.dirname(__file__), '..', 'docs', 'en',
+                           'user_guides', 'paper_experiments.md')).read()
     rows = [line for line in readme.splitlines()
             if line.startswith(('| Table 8, D_mul', '| Table 7, init of D'))]
     assert len(rows) == 2
@@ -431,7 +432,7 @@ def _readme_ablation_options():
 
 
 def test_readme_ablation_knobs_survive_the_command_line():
-    """mmengine's DictAction read '(M+2)*(N+2)' as a tuple; the README's
+    """mmengine's DictAction read '(M+2)*(N+2)' as a tuple; the docs'
     command-line names must reach DOConv2d as the rule they name."""
     import argparse
     from mmengine.config import DictAction

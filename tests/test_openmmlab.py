@@ -105,7 +105,8 @@ def test_plain_resnet_checkpoint_loads_strict_into_doconv_resnet(scope):
 
 
 def test_resnet50_fold_error_with_perturbed_d(capsys):
-    """The folding error quoted in the README (ResNet-50, D ~ N(0, 0.1))."""
+    """The folding error quoted in docs/en/user_guides/folding_and_deployment.md
+    (ResNet-50, D ~ N(0, 0.1))."""
     from mmdet.models.backbones import ResNet
     torch.manual_seed(0)
     model = ResNet(depth=50, conv_cfg=dict(type='DOConv'))
@@ -123,6 +124,6 @@ def test_resnet50_fold_error_with_perturbed_d(capsys):
     with capsys.disabled():
         print(f'\nResNet-50 fold: max |unfolded - folded| per stage '
               f'{["%.2e" % e for e in errors]}, max |output| {scale:.2f}')
-    # The README claims exactly 0.0: the unfolded forward convolves with W'
+    # The docs claim exactly 0.0: the unfolded forward convolves with W'
     # composed by the same function the fold uses.
     assert max(errors) == 0.0

@@ -97,7 +97,7 @@ class _ComposeKernel(torch.autograd.Function):
     ``(o, c, s)`` layout that conv2d and the optimizer want (conv2d would
     otherwise copy a strided kernel itself, more slowly).  Profiled on the
     512-channel 3x3 layer: forward + backward 13 ms -> about 5 ms on 2 CPU
-    threads (README, Performance).
+    threads (docs/en/advanced_guides/performance.md).
     """
 
     @staticmethod

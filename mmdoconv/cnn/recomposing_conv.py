@@ -9,8 +9,8 @@ DeepLabv3's task stage (3x3 convs with 2048-2560 inputs and 512 outputs) that
 was 2-7 % of the step's peak memory.  :class:`RecomposingConv2d` keeps ``W``
 and ``D`` (which the layer holds anyway) and composes ``W'`` again in the
 backward: one more composition per layer and step, which costs time where
-the conv is cheap next to its kernel (small maps, many channels; README,
-Performance, has both).
+the conv is cheap next to its kernel (small maps, many channels;
+docs/en/advanced_guides/performance.md has both).
 """
 import threading
 from typing import Callable, Optional, Sequence, Tuple

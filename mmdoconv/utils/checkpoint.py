@@ -13,7 +13,9 @@ the local-file path is guarded but cannot resume mmengine's own checkpoints
 :func:`load_checkpoint_stream`: ``weights_only=True`` with the stand-ins of
 :mod:`mmdoconv.utils.safe_unpickle` allowlisted only for the duration of that one
 load (``torch.serialization.safe_globals``), so a plain ``torch.load``
-elsewhere in the process accepts exactly what it accepted before.
+elsewhere in the process accepts exactly what it accepted before.  Classes
+the user allowlisted with ``torch.serialization.add_safe_globals`` load here
+too: the way in for a trusted checkpoint that holds one.
 """
 import io
 import os
@@ -94,7 +96,8 @@ def load_checkpoint_stream(source: Union[str, IO[bytes]],
             f'refusing to load checkpoint {name!r}: it holds objects outside '
             'tensors, containers and the numpy/HistoryBuffer data mmengine '
             'writes, and unpickling them could run code. Reason: '
-            f'{reason}') from None
+            f'{reason} (a class you trust, and a file you trust, load after '
+            'torch.serialization.add_safe_globals([TheClass]))') from None
     except (RuntimeError, EOFError, ValueError, TypeError, KeyError,
             IndexError, AttributeError, OSError, RecursionError,
             MemoryError, OverflowError) as error:

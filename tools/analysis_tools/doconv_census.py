@@ -3,7 +3,7 @@
     python tools/analysis_tools/doconv_census.py 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py' \\
         'mmseg::pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py' --out census.json
     python tools/analysis_tools/doconv_census.py @workshop/census_zoo.txt \
-        --out census.json --markdown census.md     # the README's table
+        --out census.json --markdown census.md     # the census page's table (docs/en/user_guides/census.md)
 
 For each config (OpenMMLab scope globs or local globs), with no pretrained
 weights: converts the model as ``runner_type='DOConvRunner'`` does, counts the
