@@ -129,17 +129,24 @@ def test_segmentation_bridge(tmp_path, synthetic_data):
             assert len(stem) == 3
 
 
-@pytest.mark.parametrize('stages,expected', [((0, ), 3), ((1, 2), 7),
-                                             ((0, 1, 2, 3, 4), 19), ((), 0)])
-def test_doconv_stages_knob_of_table_6(stages, expected):
-    cfg = Config.fromfile(config_path('resnet', PAIRS['resnetv1c50']))
-    cfg.model.backbone.update(type='DOConvResNetV1c', conv_cfg=None,
-                              doconv_stages=stages)
-    from mmpretrain.registry import MODELS
-    model = MODELS.build(cfg.model)
+@pytest.mark.parametrize('include,expected', [
+    ('[backbone.stem]', 3), ('[backbone.layer1,backbone.layer2]', 7),
+    ('[backbone.stem,backbone.layer1,backbone.layer2,backbone.layer3,'
+     'backbone.layer4]', 19)])
+def test_stage_ablation_of_table_6_through_the_switch(include, expected):
+    """The paper's Table 6 (DO-Conv in some stages) is the switch's
+    ``include``, on the command line as the docs write it."""
+    import argparse
+
+    from mmdoconv.utils.cli import DictAction, build_model, load_config
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    options = parser.parse_args([
+        '--cfg-options', 'runner_type=DOConvRunner',
+        f'doconv.include={include}', 'model.backbone.conv_cfg=None'
+    ]).cfg_options
+    model = build_model(load_config(
+        config_path('resnet', PAIRS['resnetv1c50']), options))
     assert count_doconv(model) == expected
     plain = [m for m in model.modules() if type(m) is nn.Conv2d]
     assert all(m.kernel_size == (1, 1) for m in plain) == (expected == 19)
-    with pytest.raises(ValueError, match=r'subset of .* got \(5,\)'):
-        MODELS.build(dict(type='DOConvResNetV1c', depth=50,
-                          doconv_stages=(5, )))

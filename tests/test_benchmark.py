@@ -65,7 +65,7 @@ def test_benchmark_rejects_bad_shape(tmp_path):
 def _hook_every_layer(monkeypatch, forward_hook):
     """Register ``forward_hook`` on every layer variant the benchmark
     builds."""
-    from mmdoconv.utils import benchmark
+    from workshop import benchmark_layers as benchmark
     real_layers = benchmark._layers
 
     def hooked_layers(channels, device):

@@ -29,7 +29,7 @@ from mmengine.config import Config
 
 from mmdoconv import fold_doconv
 from mmdoconv.engine.amp import enable_amp
-from mmdoconv.utils.benchmark import interleaved_medians, ratio_spread
+from workshop.benchmark_layers import interleaved_medians, ratio_spread
 from mmdoconv.utils.cli import build_runner
 
 from .recipes import (classification_options, detection_options,

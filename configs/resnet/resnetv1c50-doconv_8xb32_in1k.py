@@ -1,8 +1,9 @@
 # The paper's backbone stage (Tables 4-5): ImageNet pre-training of
 # ResNetV1c-50 (deep stem), the backbone of mmseg's DeepLabv3 R50-D8,
-# with every non-pointwise conv a DOConv2d.  Ablation knobs (docs/en/user_guides/
-# paper_experiments.md, "Backbone stage"): model.backbone.conv_cfg.D_mul (Table 8), .D_init (Table 7), and
-# DOConvResNet / DOConvResNetV1c with doconv_stages (Table 6).
+# with every non-pointwise conv a DOConv2d.  Ablation knobs
+# (docs/en/user_guides/paper_experiments.md, "Backbone stage"):
+# model.backbone.conv_cfg.D_mul (Table 8), .D_init (Table 7), and the
+# switch's doconv.include for the stages (Table 6).
 _base_ = ['mmpretrain::resnet/resnetv1c50_8xb32_in1k.py']
 custom_imports = dict(imports=['mmdoconv'], allow_failed_imports=False)
 

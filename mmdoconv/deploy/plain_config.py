@@ -15,8 +15,8 @@ from torch import nn
 
 from ..cnn.doconv import DOConv2d
 
-from ..utils.checkpoint import load_checkpoint_file, save_folded_checkpoint
-from ..utils.cli import model_state_dict_of
+from ..utils.checkpoint import (load_checkpoint_file, model_state_dict_of,
+                                save_folded_checkpoint)
 
 #: Registry names whose layers fold to ``nn.Conv2d``.
 DOCONV_TYPES = ('DOConv', 'DOConv2d')

@@ -45,14 +45,20 @@ def doconv_options(cfg: Config) -> Dict[str, Any]:
     return options
 
 
-def apply_doconv_switch(model: nn.Module,
-                        cfg: Config) -> Optional[ConversionReport]:
-    """Convert ``model`` as a config's switch says; None without a switch."""
-    if cfg.get('runner_type') != 'DOConvRunner':
-        return None
+def _convert(model: nn.Module, cfg: Config) -> ConversionReport:
+    """Convert ``model`` with the config's ``doconv`` options, logged."""
     report = convert_to_doconv(model, **doconv_options(cfg))
     print_log(f'DOConvRunner: {report}', 'current', logging.INFO)
     return report
+
+
+def apply_doconv_switch(model: nn.Module,
+                        cfg: Config) -> Optional[ConversionReport]:
+    """Convert ``model`` as a config's switch says (what
+    :class:`DOConvRunner` does); None without a switch."""
+    if cfg.get('runner_type') != 'DOConvRunner':
+        return None
+    return _convert(model, cfg)
 
 
 @RUNNERS.register_module()
@@ -62,9 +68,7 @@ class DOConvRunner(Runner):
 
     def build_model(self, model) -> nn.Module:
         model = super().build_model(model)
-        self.doconv_report = convert_to_doconv(model,
-                                               **doconv_options(self.cfg))
-        self.logger.info(f'DOConvRunner: {self.doconv_report}')
+        self.doconv_report = _convert(model, self.cfg)
         return model
 
     def train(self) -> nn.Module:

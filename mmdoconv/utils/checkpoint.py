@@ -21,10 +21,11 @@ import io
 import os
 import os.path as osp
 import pickle
-from typing import IO, Any, Callable, Dict, Optional, Union
+from typing import IO, Any, Callable, Dict, Mapping, Optional, Union
 from urllib.parse import urlparse
 
 import torch
+from torch import Tensor
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from ..deploy.fold import fold_state_dict
@@ -238,6 +239,27 @@ def register_safe_loaders() -> None:
     for prefixes, loader in SAFE_LOADERS.items():
         CheckpointLoader.register_scheme(prefixes=prefixes, loader=loader,
                                          force=True)
+
+
+def model_state_dict_of(checkpoint: Any, path: str) -> Mapping[str, Tensor]:
+    """The model weights of a loaded checkpoint, or a clear error.
+
+    Raises:
+        InvalidCheckpointError: If the checkpoint holds no model state dict.
+    """
+    if isinstance(checkpoint, Mapping) and 'state_dict' in checkpoint:
+        state_dict = checkpoint['state_dict']
+    else:
+        state_dict = checkpoint
+    if not (isinstance(state_dict, Mapping) and state_dict and all(
+            isinstance(k, str) and isinstance(v, Tensor)
+            for k, v in state_dict.items())):
+        keys = sorted(map(str, checkpoint))[:5] if isinstance(
+            checkpoint, Mapping) else type(checkpoint).__name__
+        raise InvalidCheckpointError(
+            f'{path!r} is not a model checkpoint: expected a "state_dict" '
+            f'of named tensors, but it holds {keys}')
+    return state_dict
 
 
 def save_folded_checkpoint(checkpoint: Dict,

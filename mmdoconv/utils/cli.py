@@ -16,10 +16,11 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from mmengine.config import Config
 from mmengine.config import DictAction as _MMEngineDictAction
-from torch import Tensor, nn
+from torch import nn
 
 from ..cnn.doconv import IncompatibleCheckpointError
-from .checkpoint import InvalidCheckpointError, UnsafeCheckpointError
+from .checkpoint import (InvalidCheckpointError, UnsafeCheckpointError,
+                         model_state_dict_of)
 
 KNOWN_SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
@@ -28,6 +29,7 @@ __all__ = ['DictAction', 'load_config', 'import_scope', 'default_work_dir',
            'build_runner',
            'BadInputError', 'cli_main',
            'require_new_output', 'require_fresh_work_dir', 'require_folder_path',
+           'parse_device',
            'require_training_checkpoint', 'model_state_dict_of',
            'check_checkpoint_matches_model']
 
@@ -103,6 +105,36 @@ def require_folder_path(path: str, what: str) -> None:
                             f'{existing!r} is a file')
 
 
+def parse_device(text: str, interpreter_for: Optional[str] = None):
+    """``--device`` as a ``torch.device`` that is usable here.
+
+    Args:
+        text: The argument (``cpu``, ``cuda``, ``cuda:1`` ...).
+        interpreter_for: What needs Triton's interpreter on a CPU (e.g.
+            ``'--backend triton'``), or None.
+
+    Raises:
+        BadInputError: For a name torch does not know, CUDA without a CUDA
+            device, or a CPU run of Triton kernels without
+            ``TRITON_INTERPRET=1``.
+    """
+    import os
+
+    import torch
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise BadInputError(f'--device must be a torch device such as cpu '
+                            f'or cuda, but got {text!r}') from None
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise BadInputError('--device cuda, but torch sees no CUDA device')
+    if interpreter_for and device.type == 'cpu' and \
+            os.environ.get('TRITON_INTERPRET') != '1':
+        raise BadInputError(f'{interpreter_for} on cpu needs '
+                            "TRITON_INTERPRET=1 (Triton's interpreter)")
+    return device
+
+
 def require_file(path: Optional[str], what: str) -> None:
     """Raise FileNotFoundError naming ``what`` unless ``path`` is a file."""
     if path is not None and not osp.isfile(path):
@@ -140,27 +172,6 @@ def require_fresh_work_dir(work_dir: str, resume: bool,
             f'work dir {work_dir!r} already holds a run ({shown}); pass '
             '--resume to continue it, choose another --work-dir, or pass '
             '--overwrite to replace its checkpoints')
-
-
-def model_state_dict_of(checkpoint: Any, path: str) -> Mapping[str, Tensor]:
-    """The model weights of a loaded checkpoint, or a clear error.
-
-    Raises:
-        BadInputError: If the checkpoint holds no model state dict.
-    """
-    if isinstance(checkpoint, Mapping) and 'state_dict' in checkpoint:
-        state_dict = checkpoint['state_dict']
-    else:
-        state_dict = checkpoint
-    if not (isinstance(state_dict, Mapping) and state_dict and all(
-            isinstance(k, str) and isinstance(v, Tensor)
-            for k, v in state_dict.items())):
-        keys = sorted(map(str, checkpoint))[:5] if isinstance(
-            checkpoint, Mapping) else type(checkpoint).__name__
-        raise BadInputError(
-            f'{path!r} is not a model checkpoint: expected a "state_dict" '
-            f'of named tensors, but it holds {keys}')
-    return state_dict
 
 
 def require_training_checkpoint(checkpoint: Any, path: str) -> None:

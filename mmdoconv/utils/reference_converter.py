@@ -22,8 +22,11 @@ from torch import Tensor
 from ..cnn.compose import doconv_identity, weight_for_kernel
 
 
-def _reference_kernel(w: Tensor, d_full: Tensor, groups: int) -> Tensor:
-    """The kernel the reference layer convolves with, ``(C_out, C_in/g, MN)``."""
+def reference_kernel(w: Tensor, d_full: Tensor, groups: int) -> Tensor:
+    """The kernel the public reference layer convolves with,
+    ``(C_out, C_in/g, M*N)``, from its ``W`` ``(C_out, C_in/g, D_mul)`` and
+    ``D`` (identity included) ``(C_in, M*N, D_mul)``, with its arithmetic
+    (right for ``groups`` 1 and depthwise only, see the module docstring)."""
     out_channels, in_per_group, d_mul = w.shape
     in_channels = d_full.shape[0]
     w_reshaped = w.reshape(out_channels // groups, in_channels, d_mul)
@@ -108,7 +111,7 @@ def convert_reference_state_dict(
                 f'with other input channels\' D for groups={groups}, '
                 f'C_in={in_channels}, C_out={out_channels}; converting it '
                 'exactly as its folded kernel with D = 0')
-            kernel = _reference_kernel(w, d + d_diag, groups)
+            kernel = reference_kernel(w, d + d_diag, groups)
             result[prefix + 'weight'] = weight_for_kernel(
                 kernel.reshape(out_channels, in_per_group, kernel_h,
                                kernel_w), d_mul)

@@ -19,24 +19,16 @@ import time
 
 import torch
 
-import mmdoconv  # noqa: F401
-from mmdoconv.utils.benchmark import (LAYER_SHAPES, amp_dtype,
-                                      benchmark_layer, layer_table,
-                                      machine_info, profile_layer, write_json)
-from mmdoconv.utils.cli import BadInputError, cli_main, require_new_output
-
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
+sys.path.insert(0, ROOT)  # workshop/ of the checkout
 
-
-def parse_shape(text: str):
-    try:
-        channels, size = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'a shape is CHANNELSxSIZE, e.g. 256x14, but got {text!r}')
-    if channels <= 0 or size <= 0:
-        raise argparse.ArgumentTypeError(f'shape must be positive: {text!r}')
-    return channels, size
+import mmdoconv  # noqa: E402,F401
+from mmdoconv.utils.cli import (BadInputError, cli_main,  # noqa: E402
+                                require_new_output)
+from workshop.benchmark_layers import (LAYER_SHAPES, amp_dtype,  # noqa: E402
+                                       benchmark_layer, layer_table,
+                                       machine_info, parse_shape,
+                                       profile_layer, write_json)
 
 
 @cli_main
@@ -123,7 +115,6 @@ def main() -> None:
                       f'{size}, {title} (10 steps):\n{tables[name]}')
     payload = dict(machine=machine, layers=layers, models=[])
     if args.models:
-        sys.path.insert(0, ROOT)  # workshop/ of the checkout
         from workshop.benchmark_models import benchmark_models, model_table
         payload['models'] = benchmark_models(args.models, args.model_repeats,
                                              args.device, args.amp,

@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 
 from mmdoconv.cnn.compose import compose_grouped  # noqa: E402
 from mmdoconv.ops.fused_compose import FusedCompose  # noqa: E402
-from mmdoconv.utils.cli import BadInputError, cli_main  # noqa: E402
+from mmdoconv.utils.cli import (BadInputError, cli_main,  # noqa: E402
+                                parse_device)
 
 # (C_out, C_in, groups, M*N, D_mul)
 SHAPES = [(64, 48, 1, 9, 9), (32, 32, 32, 9, 9), (24, 16, 4, 9, 20),
@@ -54,17 +55,8 @@ def main() -> None:
     parser.add_argument('--backend', choices=['cpp', 'triton'], default='cpp')
     parser.add_argument('--device', default='cpu')
     args = parser.parse_args()
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise BadInputError(f'--device must be a torch device such as cpu '
-                            f'or cuda, but got {args.device!r}')
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise BadInputError('--device cuda, but torch sees no CUDA device')
-    if args.backend == 'triton' and device.type == 'cpu' \
-            and os.environ.get('TRITON_INTERPRET') != '1':
-        raise BadInputError('--backend triton on cpu needs TRITON_INTERPRET=1 '
-                            "(Triton's interpreter)")
+    device = parse_device(args.device, '--backend triton'
+                          if args.backend == 'triton' else None)
     if args.backend == 'cpp':
         from mmdoconv.ops.extension import load_extension
         module, why = load_extension()

@@ -37,25 +37,16 @@ sys.path.insert(0, ROOT)
 
 import mmdoconv  # noqa: E402,F401
 from mmdoconv import DOConv2d, fold_doconv  # noqa: E402
-from mmdoconv.utils.benchmark import (LAYER_SHAPES, benchmark_layer,  # noqa
-                                      layer_table, machine_info)
 from mmdoconv.utils.cli import (BadInputError, build_model, cli_main,  # noqa
-                                load_config, require_new_output)
+                                load_config, parse_device,
+                                require_new_output)
+from workshop.benchmark_layers import (LAYER_SHAPES, benchmark_layer,  # noqa
+                                       layer_table, machine_info,
+                                       parse_shape)
 
 PARTS = ('compose', 'layers', 'models', 'fold')
 FOLD_CONFIG = osp.join(ROOT, 'configs', 'resnet',
                        'resnet18-doconv_8xb32_in1k.py')
-
-
-def parse_shape(text: str):
-    try:
-        channels, size = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'a shape is CHANNELSxSIZE, e.g. 256x14, but got {text!r}')
-    if channels <= 0 or size <= 0:
-        raise argparse.ArgumentTypeError(f'shape must be positive: {text!r}')
-    return channels, size
 
 
 def compose_section(device: torch.device) -> tuple:
@@ -145,22 +136,11 @@ def main() -> None:
     parser.add_argument('--overwrite', action='store_true',
                         help='replace --out if it exists')
     args = parser.parse_args()
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise BadInputError(f'--device must be a torch device such as cuda '
-                            f'or cpu, but got {args.device!r}')
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise BadInputError('--device cuda, but torch sees no CUDA device '
-                            '(on a CPU: --device cpu, with TRITON_INTERPRET=1 '
-                            'for the compose part)')
+    device = parse_device(args.device, '--parts compose'
+                          if 'compose' in args.parts else None)
     if device.type not in ('cuda', 'cpu'):
         raise BadInputError(f'--device must be cuda or cpu, but got '
                             f'{args.device!r}')
-    if device.type == 'cpu' and 'compose' in args.parts and \
-            os.environ.get('TRITON_INTERPRET') != '1':
-        raise BadInputError('--parts compose on cpu needs TRITON_INTERPRET=1 '
-                            "(Triton's interpreter)")
     if args.repeats < 1:
         raise BadInputError(f'--repeats must be >= 1, but got {args.repeats}')
     if args.out is None:

@@ -1,4 +1,5 @@
-"""Layer- and model-level timing of DO-Conv against plain convolution.
+"""Layer-level timing of DO-Conv against plain convolution (the model level
+is :mod:`workshop.benchmark_models`), for ``tools/analysis_tools/benchmark.py``.
 
 Every measurement is a ratio taken in one run with the variants interleaved
 (A B C A B C ...), so a machine that drifts (turbo, other load) biases no
@@ -17,18 +18,33 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..cnn.doconv import DOConv2d
-from ..ops.extension import load_extension
-from ..ops.fused_compose import force_backend, fused_backend
+from mmdoconv.cnn.doconv import DOConv2d
+from mmdoconv.ops.extension import load_extension
+from mmdoconv.ops.fused_compose import force_backend, fused_backend
+from mmdoconv.utils.reference_converter import reference_kernel
 
 LAYER_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
+
+
+def parse_shape(text: str) -> Tuple[int, int]:
+    """A layer shape ``CHANNELSxSIZE`` (``256x14``), for argparse."""
+    import argparse
+    try:
+        channels, size = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'a shape is CHANNELSxSIZE, e.g. 256x14, but got {text!r}')
+    if channels <= 0 or size <= 0:
+        raise argparse.ArgumentTypeError(f'shape must be positive: {text!r}')
+    return channels, size
 
 
 class AnchorDOConv2d(nn.Conv2d):
     """The public reference layer's arithmetic, as a timing anchor.
 
     Recomposes ``W'`` on every forward, in eval too: adds a stored identity
-    to D, reshapes W to ``(C_out/groups, C_in, D_mul)`` and runs an einsum.
+    to D and runs its einsum
+    (:func:`~mmdoconv.utils.reference_converter.reference_kernel`).
     """
 
     def __init__(self, in_channels: int, out_channels: int,
@@ -40,12 +56,10 @@ class AnchorDOConv2d(nn.Conv2d):
             'd_diag', torch.eye(m * n).repeat(in_channels, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        m, n = self.kernel_size
-        d = self.D + self.d_diag
-        w = self.weight.reshape(self.out_channels // self.groups,
-                                self.in_channels, m * n)
-        kernel = torch.einsum('ims,ois->oim', d, w).reshape(self.weight.shape)
-        return self._conv_forward(x, kernel, self.bias)
+        weight = self.weight.reshape(*self.weight.shape[:2], -1)
+        kernel = reference_kernel(weight, self.D + self.d_diag, self.groups)
+        return self._conv_forward(x, kernel.reshape(self.weight.shape),
+                                  self.bias)
 
 
 def machine_info(device: str = 'cpu') -> Dict[str, str]:
