@@ -66,3 +66,19 @@ def test_census_names_what_it_cannot_convert(tmp_path):
                             '17 non-pointwise Conv2d left plain']
     assert '17 non-pointwise Conv2d left plain' in markdown_table([row])
     assert '0 of 1 configs' in markdown_table([row])
+
+
+def test_segnext_draws_in_its_forward_and_folds_exactly():
+    """SegNeXt's LightHamHead draws its NMF bases with torch's RNG in every
+    forward: without reseeding before each compared forward the census
+    called an exact fold a failure ("fold changes outputs by 137")."""
+    from workshop.census import resolve_configs
+    config, = resolve_configs(
+        ['mmseg::segnext/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py'])
+    row = census_of(config)
+    assert row.error == '', row.error
+    assert row.converted == 109 and row.added_params > 0
+    assert row.fold_max_diff == 0.0 and row.plain_max_diff == 0.0
+    assert row.ok, row.problems
+    table = markdown_table([row])
+    assert f'| 109 (+{row.added_params:,}) |' in table

@@ -257,7 +257,8 @@ def test_plain_config_strips_every_layer_and_switch_option():
     cfg = Config(dict(
         runner_type='DOConvRunner',
         doconv=dict(include=['backbone'], exclude=['neck'], D_mul=16,
-                    D_init='random', recompute_kernel=False),
+                    D_init='random', recompute_kernel=False,
+                    max_d_params=10**6),
         model=dict(
             conv_cfg=dict(type='DOConv', **LAYER_OPTIONS),
             layer=dict(type='DOConv2d', in_channels=2, out_channels=4,

@@ -56,6 +56,7 @@ class CensusRow:
     config: str
     model: str = ''
     converted: int = 0
+    added_params: int = 0
     left_plain: Dict[str, str] = field(default_factory=dict)
     other_convs: Dict[str, str] = field(default_factory=dict)
     loss: float = float('nan')
@@ -306,6 +307,7 @@ def _census(row: CensusRow, config_path: str, seed: int, switch: dict,
     row.model = type(model).__name__
     report = convert_to_doconv(model, **switch)
     row.converted = len(report.converted)
+    row.added_params = report.added_params
     row.left_plain = _left_plain(report.skipped)
     row.other_convs = _other_convs(model)
     _randomize_d(model, seed)
@@ -341,7 +343,7 @@ def _census(row: CensusRow, config_path: str, seed: int, switch: dict,
     model.eval()
     data = synthetic_batch(model, cfg, scope, training=False, seed=seed + 1,
                            scale=scale)
-    compare, description = _comparison(model, data)
+    compare, description = _comparison(model, data, seed)
     expected = compare(model)
     row.compared = description()
     if not expected:
@@ -367,8 +369,13 @@ def _prediction_tensors(samples) -> List[torch.Tensor]:
     return [t.float() for t in tensors]
 
 
-def _comparison(model: nn.Module, data: dict):
-    """A function of a model giving the tensors to compare, and its name."""
+def _comparison(model: nn.Module, data: dict, seed: int):
+    """A function of a model giving the tensors to compare, and its name.
+
+    torch's RNG is reseeded before every forward it compares: some models
+    draw in their inference forward (SegNeXt's LightHamHead draws its NMF
+    bases), and two forwards of the same weights would otherwise differ.
+    """
     inputs, samples = data['inputs'], data['data_samples']
     graph = TensorGraph(model, 'tensor')
     try:
@@ -385,9 +392,11 @@ def _comparison(model: nn.Module, data: dict):
     @torch.no_grad()
     def compare(candidate: nn.Module) -> List[torch.Tensor]:
         graph.model = candidate
+        torch.manual_seed(seed)
         outputs = list(graph(inputs))
         if not predict_error:
             try:
+                torch.manual_seed(seed)
                 predictions = candidate(inputs, copy.deepcopy(samples),
                                         mode='predict')
                 outputs += _prediction_tensors(predictions)
@@ -423,7 +432,8 @@ def short_name(path: str) -> str:
 def markdown_table(rows: Sequence[CensusRow]) -> str:
     """The census as a markdown table with a summary line."""
     lines = [
-        '| config | model | input | converted | non-pointwise left plain | loss | '
+        '| config | model | input | converted (added parameters) | '
+        'non-pointwise left plain | loss | '
         'D with gradient | compared | fold max diff | plain strict load '
         '(max diff) | result |',
         '|---|---|---|---|---|---|---|---|---|---|---|'
@@ -442,7 +452,8 @@ def markdown_table(rows: Sequence[CensusRow]) -> str:
         result = 'ok' if row.ok else '; '.join(row.problems)
         size = 'x'.join(map(str, row.input_shape)) or '-'
         lines.append(
-            f'| {name} | {row.model} | {size} | {row.converted} | {left} | '
+            f'| {name} | {row.model} | {size} | {row.converted} '
+            f'(+{row.added_params:,}) | {left} | '
             f'{_cell(row.loss)} | {with_gradient}/{row.trainable_d}'
             + (f' ({len(row.unreached)} not reached by this step\'s loss)'
                if row.unreached else '')

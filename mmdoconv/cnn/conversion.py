@@ -9,7 +9,7 @@ own).
 import fnmatch
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from mmengine.logging import print_log
@@ -20,6 +20,9 @@ from .doconv import (DOConv2d, check_d_init, check_recompute_kernel,
                      resolve_d_mul)
 
 Patterns = Union[None, str, Sequence[str]]
+#: The parameters a conversion may add whatever the model's size (64 MiB in
+#: float32): small and narrow models' D can outgrow their W.
+DEFAULT_MAX_D_PARAMS = 2**24
 
 
 @dataclass
@@ -29,9 +32,12 @@ class ConversionReport:
     Attributes:
         converted: Names of the convs that became :class:`DOConv2d`.
         skipped: ``{name: reason}`` of the convs left as they are.
+        added_params: Parameters the conversion adds (D, and W's padding
+            for ``D_mul > M*N``).
     """
     converted: List[str] = field(default_factory=list)
     skipped: Dict[str, str] = field(default_factory=dict)
+    added_params: int = 0
 
     def __str__(self) -> str:
         reasons: Dict[str, int] = {}
@@ -39,8 +45,45 @@ class ConversionReport:
             reasons[reason] = reasons.get(reason, 0) + 1
         left = ', '.join(f'{count} {reason}' for reason, count in
                          sorted(reasons.items())) or 'none'
-        return (f'converted {len(self.converted)} convs to DO-Conv; '
+        added = f' (+{self.added_params:,} parameters)' \
+            if self.converted else ''
+        return (f'converted {len(self.converted)} convs to DO-Conv{added}; '
                 f'left plain: {left}')
+
+
+def added_parameters(conv: nn.Conv2d, d_mul: int) -> int:
+    """Parameters a conversion of ``conv`` with ``d_mul`` adds: D
+    ``(C_in, M*N, D_mul)``, and W's growth from ``M*N`` to ``D_mul``
+    entries per (output, input) pair."""
+    kernel_numel = conv.kernel_size[0] * conv.kernel_size[1]
+    return conv.in_channels * kernel_numel * d_mul + conv.out_channels * (
+        conv.in_channels // conv.groups) * (d_mul - kernel_numel)
+
+
+def _parametrization(conv: nn.Conv2d) -> Optional[str]:
+    """Why a conv's weight is not a plain parameter, or None.
+
+    torch's ``parametrize`` API (``parametrizations.weight_norm``,
+    ``spectral_norm``, orthogonal ...) and the older hook-based
+    ``weight_norm`` / ``spectral_norm`` compute ``weight`` from other
+    tensors on every forward.  A DO-Conv layer made from such a conv would
+    train a plain W and silently drop the parametrization, so these convs
+    stay plain, named in the report.
+    """
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+    if parametrize.is_parametrized(conv):
+        kinds = sorted({type(p).__name__.lstrip('_')
+                        for plist in conv.parametrizations.values()
+                        for p in plist})
+        return f'parametrized weight ({", ".join(kinds)})'
+    hooks = sorted({type(hook).__name__
+                    for hook in conv._forward_pre_hooks.values()
+                    if isinstance(hook, (WeightNorm, SpectralNorm))})
+    if hooks:
+        return f'parametrized weight ({", ".join(hooks)} hook)'
+    return None
 
 
 def _same_computation_subclasses() -> tuple:
@@ -125,16 +168,23 @@ def convert_to_doconv(model: nn.Module,
                       exclude: Patterns = None,
                       D_mul: Union[None, int, str] = None,
                       D_init: str = 'identity',
-                      recompute_kernel: bool = True) -> ConversionReport:
+                      recompute_kernel: bool = True,
+                      max_d_params: Optional[int] = None) -> ConversionReport:
     """Replace every non-pointwise ``nn.Conv2d`` in ``model`` by DO-Conv.
 
     Converted: ``nn.Conv2d`` itself, subclasses that only change how the
     layer is built (they inherit ``forward`` and ``_conv_forward``), and
     mmcv's ``Conv2d`` wrapper (its forward differs only on torch < 1.4).  Left
     alone and reported: 1x1 kernels (no spatial patch to over-parameterize,
-    paper §4), convs with their own forward (DCN, ConvWS, SAC, ...), layers
-    that are DO-Conv already (so converting twice is a no-op), and convs
-    outside ``include`` or inside ``exclude``.
+    paper §4), convs with their own forward (DCN, ConvWS, SAC, ...), convs
+    whose weight is parametrized (weight norm, spectral norm: see
+    :func:`_parametrization`), layers that are DO-Conv already (so
+    converting twice is a no-op), and convs outside ``include`` or inside
+    ``exclude``.
+
+    Conversion is all or nothing: every conv is checked, and the parameters
+    D would add counted, before anything is allocated or replaced; on any
+    error the model is as it was.
 
     Module names do not change, so the state dict has the plain keys plus
     ``D`` (and ``kernel_hw`` for ``D_mul > M*N``), and plain checkpoints load
@@ -152,13 +202,19 @@ def convert_to_doconv(model: nn.Module,
             model computed) or ``'random'`` (paper Table 7).
         recompute_kernel: As for :class:`DOConv2d`: compose ``W'`` again in
             the backward (less memory, the default) or keep it (faster).
+        max_d_params: The most parameters the conversion may add; by default
+            the model's own parameter count or :data:`DEFAULT_MAX_D_PARAMS`,
+            whichever is larger (a 31x31 depthwise layer's D is 961 times its
+            W: RepLKNet-31B would gain about 5 G parameters).
 
     Returns:
         A :class:`ConversionReport`.
 
     Raises:
         ValueError: If an ``include`` / ``exclude`` pattern matches no module
-            (naming it), or ``D_mul`` / ``D_init`` is invalid.
+            (naming it), ``D_mul`` / ``D_init`` is invalid, or the conversion
+            would add more than ``max_d_params`` parameters (naming the
+            largest layers and how to leave them out).
         TypeError: If ``model`` is itself a conv (it cannot replace itself).
     """
     if isinstance(model, nn.Conv2d):
@@ -176,6 +232,7 @@ def convert_to_doconv(model: nn.Module,
                 raise ValueError(f'{argument} pattern {pattern!r} matches no '
                                  'module of the model')
     report = ConversionReport()
+    added: Dict[str, int] = {}
     convs = [(name, module) for name, module in model.named_modules()
              if isinstance(module, nn.Conv2d)]
     for name, child in convs:
@@ -184,6 +241,8 @@ def convert_to_doconv(model: nn.Module,
             reason = 'already DO-Conv'
         elif child.kernel_size == (1, 1):
             reason = 'pointwise (1x1)'
+        elif _parametrization(child) is not None:
+            reason = _parametrization(child)
         elif _has_own_forward(child):
             reason = f'own forward ({type(child).__name__})'
         elif includes and not _matches(name, includes):
@@ -194,10 +253,13 @@ def convert_to_doconv(model: nn.Module,
             report.skipped[name] = reason
             continue
         try:  # every conv is checked before the first one is replaced
-            resolve_d_mul(D_mul, child.kernel_size)
+            d_mul = resolve_d_mul(D_mul, child.kernel_size)
         except ValueError as error:
             raise ValueError(f'{name}: {error}') from None
         report.converted.append(name)
+        added[name] = added_parameters(child, d_mul)
+    report.added_params = sum(added.values())
+    _check_added_parameters(model, added, max_d_params)
     # A conv shared by several parents (RTMDet's heads share their convs
     # across pyramid levels) is one module under several names:
     # named_modules() lists it once, and every reference must get the same
@@ -215,3 +277,35 @@ def convert_to_doconv(model: nn.Module,
         print_log(f'convert_to_doconv: nothing to convert ({report})',
                   'current', logging.WARNING)
     return report
+
+
+def _check_added_parameters(model: nn.Module, added: Dict[str, int],
+                            max_d_params: Optional[int]) -> None:
+    """Refuse a conversion that adds more than ``max_d_params`` parameters
+    (see :func:`convert_to_doconv`), before anything is allocated."""
+    if max_d_params is None:
+        max_d_params = max(DEFAULT_MAX_D_PARAMS,
+                           sum(p.numel() for p in model.parameters()))
+    elif not isinstance(max_d_params, int) or max_d_params < 0:
+        raise ValueError(f'max_d_params must be an int >= 0, but got '
+                         f'{max_d_params!r}')
+    total = sum(added.values())
+    if total <= max_d_params:
+        return
+    largest = sorted(added.items(), key=lambda item: -item[1])[:3]
+    listed = ', '.join(f'{name} (+{count:,}, {_float32_size(count)})'
+                       for name, count in largest)
+    raise ValueError(
+        f'converting would add {total:,} parameters ({_float32_size(total)}) '
+        f'in {len(added)} convs, more than max_d_params='
+        f'{max_d_params:,} (by default the model\'s own parameter count or '
+        f'{DEFAULT_MAX_D_PARAMS:,}, whichever is larger); '
+        f'the largest: {listed}. Leave them plain with exclude=[...] (e.g. '
+        f'exclude={[name for name, _ in largest]!r}) or raise max_d_params; '
+        'the model was not changed')
+
+
+def _float32_size(count: int) -> str:
+    size = 4 * count / 2**20
+    return f'{size / 1024:.1f} GiB in float32' if size >= 1024 else \
+        f'{size:.1f} MiB in float32'

@@ -1,0 +1,79 @@
+"""What the switch leaves plain on purpose, and the memory it may add.
+
+Parametrized convs (weight norm, spectral norm) were converted and lost
+their parametrization silently; huge kernels (RepLKNet's 31x31) exhausted
+memory half-way through a conversion.
+"""
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations, parametrize
+
+from mmdoconv import DOConv2d, convert_to_doconv
+from mmdoconv.cnn.conversion import added_parameters
+
+
+def _parametrized_model():
+    return nn.Sequential(
+        parametrizations.weight_norm(nn.Conv2d(4, 6, 3, padding=1)),
+        parametrizations.spectral_norm(nn.Conv2d(6, 6, 3, padding=1)),
+        nn.utils.weight_norm(nn.Conv2d(6, 6, 3, padding=1)),
+        nn.utils.spectral_norm(nn.Conv2d(6, 6, 3, padding=1)),
+        nn.Conv2d(6, 2, 3, padding=1))
+
+
+def test_parametrized_convs_stay_plain_and_keep_their_parametrization():
+    """Fails if a parametrized conv is converted (mutation: drop the
+    ``_parametrization`` check): its weight would become a plain W."""
+    torch.manual_seed(0)
+    model = _parametrized_model()
+    names = [n for n, _ in model.named_parameters()]
+    report = convert_to_doconv(model)
+    assert report.converted == ['4']
+    assert report.skipped == {
+        '0': 'parametrized weight (WeightNorm)',
+        '1': 'parametrized weight (SpectralNorm)',
+        '2': 'parametrized weight (WeightNorm hook)',
+        '3': 'parametrized weight (SpectralNorm hook)'}
+    # The parametrizations are there and still train: the names of every
+    # parameter but the converted conv's new D are as they were.
+    assert [n for n, _ in model.named_parameters() if n != '4.D'] == names
+    assert parametrize.is_parametrized(model[0], 'weight')
+    x = torch.randn(2, 4, 8, 8)
+    model(x).square().mean().backward()
+    assert model[0].parametrizations.weight.original0.grad is not None
+    assert model[2].weight_g.grad is not None
+
+
+def test_conversion_adding_more_than_the_model_is_refused_before_anything():
+    """A 31x31 depthwise conv's D is 961 times its W."""
+    model = nn.Sequential(nn.Conv2d(8, 8, 31, padding=15, groups=8),
+                          nn.Conv2d(8, 8, 3, padding=1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert added_parameters(model[0], 961) == 8 * 961 * 961
+    with pytest.raises(ValueError) as error:
+        convert_to_doconv(model, max_d_params=10**6)
+    message = str(error.value)
+    assert ('converting would add 7,388,816 parameters (28.2 MiB in '
+            'float32) in 2 convs') in message
+    assert 'the largest: 0 (+7,388,168, 28.2 MiB in float32)' in message
+    assert "exclude=['0', '1']" in message and 'not changed' in message
+    assert not any(isinstance(m, DOConv2d) for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    report = convert_to_doconv(model, exclude=['0'], max_d_params=10**6)
+    assert report.converted == ['1'] and report.added_params == 8 * 9 * 9
+    assert '(+648 parameters)' in str(report)
+    with pytest.raises(ValueError, match=r'max_d_params must be an int'):
+        convert_to_doconv(nn.Sequential(nn.Conv2d(2, 2, 3)), max_d_params=-1)
+
+
+def test_replknet_31b_is_refused_at_once():
+    """mmpretrain's RepLKNet-31B (31x31 .. 27x27 depthwise kernels): about
+    5 G parameters of D, which took the machine's memory half-way through
+    the conversion.  Now one error before any allocation."""
+    from mmpretrain.registry import MODELS
+    model = MODELS.build(dict(type='RepLKNet', arch='31B'))
+    with pytest.raises(ValueError, match=r'converting would add [\d,]+ '
+                       r'parameters \((1[5-9]|2\d)\.\d GiB'):
+        convert_to_doconv(model)
+    assert not any(isinstance(m, DOConv2d) for m in model.modules())
