@@ -30,6 +30,7 @@ from .version import __version__
 
 # OpenMMLab modules with a DO-Conv variant, registered when installed.
 if importlib.util.find_spec('mmpretrain') is not None:
+    from . import datasets  # noqa: F401
     from .models import backbones  # noqa: F401
 
 # Every checkpoint scheme mmengine knows loads with weights_only=True and

@@ -359,17 +359,96 @@ def write_imagenet(root: str, num_train: int = 32, num_val: int = 12,
     return counts
 
 
+def _cifar_images(labels: Sequence[int], num_classes: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """32x32 images, one shape and colour per class, as CIFAR's ``data``:
+    uint8 ``(N, 3072)``, each row the R, G, B planes in turn."""
+    palette = np.random.default_rng(1234).integers(
+        40, 230, size=(num_classes, 3))
+    rows = []
+    for label in labels:
+        canvas = Image.fromarray(_background(rng, 32, 32))
+        margin = int(rng.integers(4, 9))
+        _draw(SHAPES[label % len(SHAPES)].shape,
+              (margin, margin, 32 - margin, 32 - margin),
+              ImageDraw.Draw(canvas), tuple(int(v) for v in palette[label]))
+        rows.append(np.asarray(canvas).transpose(2, 0, 1).reshape(-1))
+    return np.stack(rows).astype(np.uint8)
+
+
+def _write_pickle(path: str, entry: dict) -> None:
+    import pickle
+    with open(path, 'wb') as f:
+        pickle.dump(entry, f, protocol=4)
+
+
+def _write_cifar(root: str, folder: str, num_classes: int,
+                 files: Dict[str, int], label_key: str, meta_name: str,
+                 meta: dict, seed: int, progress: ProgressFn) -> Dict[str, int]:
+    rng = np.random.default_rng(seed)
+    os.makedirs(osp.join(root, folder), exist_ok=True)
+    counts = {}
+    for index, (name, count) in enumerate(files.items()):
+        labels = [int((index * 7 + i) % num_classes) for i in range(count)]
+        entry = {'batch_label': f'synthetic {name}', label_key: labels,
+                 'data': _cifar_images(labels, num_classes, rng),
+                 'filenames': [f'{name}_{i:05d}.png' for i in range(count)]}
+        if label_key == 'fine_labels':
+            entry['coarse_labels'] = [label // 5 for label in labels]
+        _write_pickle(osp.join(root, folder, name), entry)
+        counts[name] = count
+    _write_pickle(osp.join(root, folder, meta_name), meta)
+    progress(f'{folder}: {counts} -> {root}')
+    return counts
+
+
+@_writes_root
+def write_cifar10(root: str, num_per_batch: int = 20, num_test: int = 20,
+                  seed: int = 0,
+                  progress: ProgressFn = print) -> Dict[str, int]:
+    """mmpretrain's CIFAR-10 layout, ``cifar-10-batches-py/``: five
+    ``data_batch_<i>`` files and ``test_batch`` (python pickles of ``data``
+    uint8 (N, 3072) and ``labels``) and ``batches.meta``, 10 classes."""
+    files = {f'data_batch_{i}': num_per_batch for i in range(1, 6)}
+    files['test_batch'] = num_test
+    return _write_cifar(
+        root, 'cifar-10-batches-py', 10, files, 'labels', 'batches.meta',
+        {'label_names': list(CIFAR10_CLASSES), 'num_cases_per_batch':
+         num_per_batch, 'num_vis': 3072}, seed, progress)
+
+
+@_writes_root
+def write_cifar100(root: str, num_train: int = 200, num_test: int = 100,
+                   seed: int = 0,
+                   progress: ProgressFn = print) -> Dict[str, int]:
+    """mmpretrain's CIFAR-100 layout, ``cifar-100-python/``: ``train`` and
+    ``test`` (``data``, ``fine_labels``, ``coarse_labels``) and ``meta``,
+    100 classes."""
+    return _write_cifar(
+        root, 'cifar-100-python', 100, {'train': num_train, 'test': num_test},
+        'fine_labels', 'meta',
+        {'fine_label_names': [f'class_{i:02d}' for i in range(100)],
+         'coarse_label_names': [f'superclass_{i:02d}' for i in range(20)]},
+        seed, progress)
+
+
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
+                   'frog', 'horse', 'ship', 'truck')
 WRITERS: Dict[str, Callable[..., Dict[str, int]]] = {
     'coco': write_coco,
     'cityscapes': write_cityscapes,
     'voc': write_voc,
     'imagenet': write_imagenet,
+    'cifar10': write_cifar10,
+    'cifar100': write_cifar100,
 }
 DEFAULT_ROOTS = {
     'coco': 'data/coco',
     'cityscapes': 'data/cityscapes',
     'voc': 'data/VOCdevkit/VOC2012',
     'imagenet': 'data/imagenet',
+    'cifar10': 'data/cifar10',
+    'cifar100': 'data/cifar100',
 }
 
 

@@ -1,10 +1,12 @@
-"""Write small deterministic datasets in the real COCO, Cityscapes, VOC aug and
-ImageNet layouts (images of coloured shapes), for tests, the demo and a laptop.
+"""Write small deterministic datasets in the real COCO, Cityscapes, VOC aug,
+ImageNet and CIFAR layouts (images of coloured shapes), for tests, the demo
+and a laptop.
 
-    python tools/misc/make_synthetic_data.py coco cityscapes voc imagenet --data-dir data
+    python tools/misc/make_synthetic_data.py coco cityscapes voc imagenet cifar10 cifar100 --data-dir data
 
 Default places: data/coco, data/cityscapes, data/VOCdevkit/VOC2012,
-data/imagenet, i.e. where the upstream configs look.  Point a config at
+data/imagenet, data/cifar10, data/cifar100, i.e. where the upstream configs
+look.  Point a config at
 another folder with --cfg-options, e.g.
 train_dataloader.dataset.data_root=/tmp/data/coco/
 """
