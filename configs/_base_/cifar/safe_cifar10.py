@@ -1,0 +1,8 @@
+# mmpretrain's CIFAR-10 recipe (4-pixel padding, 32x32 random crop,
+# horizontal flip) at batch 128, read by mmdoconv's SafeCIFAR10: the same
+# cifar-*-python layout, unpickled without running code from the files.
+_base_ = ['mmpretrain::_base_/datasets/cifar10_bs16.py']
+custom_imports = dict(imports=['mmdoconv'], allow_failed_imports=False)
+train_dataloader = dict(batch_size=128, dataset=dict(type='SafeCIFAR10'))
+val_dataloader = dict(batch_size=128, dataset=dict(type='SafeCIFAR10'))
+test_dataloader = val_dataloader
