@@ -77,3 +77,41 @@ def test_replknet_31b_is_refused_at_once():
                        r'parameters \((1[5-9]|2\d)\.\d GiB'):
         convert_to_doconv(model)
     assert not any(isinstance(m, DOConv2d) for m in model.modules())
+
+
+@pytest.mark.parametrize('d_mul', [None, 'M+2xN+2'])
+def test_adaptive_padding_convs_convert_and_fold_back_to_their_class(d_mul):
+    """mmcv's Conv2dAdaptivePadding (EfficientNet's convs) was left plain
+    as 'own forward'.  Its twin pads as mmcv does (from kernel_size: a
+    D_mul > M*N weight has another shape) and folds back to the class."""
+    import torch.nn.functional as F
+    from mmcv.cnn.bricks import Conv2dAdaptivePadding
+
+    from mmdoconv import fold_doconv
+    from mmdoconv.cnn.adaptive_padding import DOConv2dAdaptivePadding
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv2dAdaptivePadding(3, 4, 3, stride=2),
+                          Conv2dAdaptivePadding(4, 4, (5, 3), groups=4))
+    x = torch.randn(2, 3, 11, 10)
+    with torch.no_grad():
+        expected = model(x)
+    report = convert_to_doconv(model, D_mul=d_mul)
+    assert report.converted == ['0', '1']
+    assert all(type(m) is DOConv2dAdaptivePadding for m in model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-6)
+        for layer in model:
+            layer.D.normal_(0, 0.3)
+        unfolded = model(x)
+        # The same padding, then the conv with W' (what folding gives).
+        kernels = [layer._compose(layer.weight) for layer in model]
+        assert fold_doconv(model) == 2
+        assert all(type(m) is Conv2dAdaptivePadding for m in model)
+        folded = model(x)
+        assert torch.equal(folded, unfolded)
+        assert all(torch.equal(m.weight, k) for m, k in zip(model, kernels))
+        assert not torch.allclose(folded, expected, atol=1e-3)
+    again = nn.Sequential(Conv2dAdaptivePadding(3, 4, 3, stride=2),
+                          Conv2dAdaptivePadding(4, 4, (5, 3), groups=4))
+    again.load_state_dict(model.state_dict(), strict=True)
+    assert F.mse_loss(again(x), folded) == 0

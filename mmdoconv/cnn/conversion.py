@@ -98,10 +98,21 @@ def _same_computation_subclasses() -> tuple:
     return (MMCVConv2d, )
 
 
+def _doconv_twins() -> Dict[type, type]:
+    """``nn.Conv2d`` subclasses with their own forward that have a DO-Conv
+    twin computing the same with D (the twin folds back to the class)."""
+    try:
+        from mmcv.cnn.bricks import Conv2dAdaptivePadding
+    except ImportError:
+        return {}
+    from .adaptive_padding import DOConv2dAdaptivePadding
+    return {Conv2dAdaptivePadding: DOConv2dAdaptivePadding}
+
+
 def _has_own_forward(conv: nn.Conv2d) -> bool:
     """A subclass that changes how the conv computes (DCN, ConvWS, SAC...)."""
     cls = type(conv)
-    if cls in _same_computation_subclasses():
+    if cls in _same_computation_subclasses() or cls in _doconv_twins():
         return False
     return any(getattr(cls, name) is not getattr(nn.Conv2d, name)
                for name in ('forward', '_conv_forward'))
@@ -130,7 +141,8 @@ def _matches(name: str, patterns: List[str]) -> List[str]:
 def doconv_like(conv: nn.Conv2d, D_mul: Union[None, int, str] = None,
                 D_init: str = 'identity',
                 recompute_kernel: bool = True) -> DOConv2d:
-    """A :class:`DOConv2d` with ``conv``'s hyper-parameters, W and bias.
+    """A :class:`DOConv2d` with ``conv``'s hyper-parameters, W and bias
+    (its twin for mmcv's ``Conv2dAdaptivePadding``, which pads as it does).
 
     With ``D_init='identity'`` (D = I) it computes exactly what ``conv``
     computes; for ``D_mul > M*N`` W is padded with zeros, which composes back
@@ -138,7 +150,7 @@ def doconv_like(conv: nn.Conv2d, D_mul: Union[None, int, str] = None,
     is trainable exactly when W is.
     """
     layer = nn.utils.skip_init(
-        DOConv2d, conv.in_channels, conv.out_channels, conv.kernel_size,
+        _doconv_twins().get(type(conv), DOConv2d), conv.in_channels, conv.out_channels, conv.kernel_size,
         stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
         groups=conv.groups, bias=conv.bias is not None,
         padding_mode=conv.padding_mode, device=conv.weight.device,

@@ -197,6 +197,8 @@ class DOConv2d(nn.Conv2d):
     # Class default too: whole layers pickled before this option existed
     # have no such attribute in their __dict__.
     recompute_kernel: bool = True
+    #: The plain conv class :meth:`fold` returns.
+    plain_type: type = nn.Conv2d
 
     def __init__(self,
                  in_channels: int,
@@ -363,7 +365,8 @@ class DOConv2d(nn.Conv2d):
 
     @torch.no_grad()
     def fold(self) -> nn.Conv2d:
-        """Return an ``nn.Conv2d`` computing what this layer computes.
+        """Return a plain conv (:attr:`plain_type`, ``nn.Conv2d`` here)
+        computing what this layer computes.
 
         The new layer has the same hyper-parameters, device and dtype, the
         composed kernel ``W'`` as weight, a copy of the bias, and the
@@ -385,6 +388,11 @@ class DOConv2d(nn.Conv2d):
             padding_mode=self.padding_mode,
             device=self.weight.device,
             dtype=self.weight.dtype)
+        if self.plain_type is not nn.Conv2d:
+            # A subclass that only changes how its forward pads (mmcv's
+            # Conv2dAdaptivePadding) and holds nn.Conv2d's state: its
+            # constructor takes no device, which skip_init needs.
+            plain.__class__ = self.plain_type
         plain.weight.copy_(self._compose(self.weight) if self.D is not None
                            else self.weight)
         plain.weight.requires_grad_(self.weight.requires_grad)
