@@ -74,7 +74,7 @@ def test_backbones_match_the_published_architectures(backbone, depth):
 
 def test_plain20_is_resnet20_without_shortcuts():
     from mmpretrain.registry import MODELS
-    plain = MODELS.build(dict(type='CIFARPlainNet'))
+    plain = MODELS.build(dict(type='CIFARPlainNet', depth=20))
     resnet = MODELS.build(dict(type='CIFARResNet', depth=20))
     assert [(k, v.shape) for k, v in plain.state_dict().items()] == \
         [(k, v.shape) for k, v in resnet.state_dict().items()]

@@ -234,7 +234,7 @@ def test_v1_and_v1b_put_the_stride_where_the_paper_says():
     # The CIFAR networks (tests/test_cifar.py has their architecture).
     (dict(type='CIFARResNet', depth=20), 3, (16, 32, 64)),
     (dict(type='CIFARPreActResNet', depth=164), 3, (64, 128, 256)),
-    (dict(type='CIFARPlainNet'), 3, (16, 32, 64)),
+    (dict(type='CIFARPlainNet', depth=20), 3, (16, 32, 64)),
 ])
 def test_new_backbones_take_mmpretrain_options(backbone, stages, channels):
     from mmpretrain.registry import MODELS

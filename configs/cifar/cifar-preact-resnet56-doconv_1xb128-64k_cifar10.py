@@ -1,5 +1,5 @@
-# ResNet-v2-56 on CIFAR-10 with DO-Conv (paper Table 1): the baseline beside
-# it plus the switch (every non-pointwise conv, nothing else changed).
+# ResNet-v2-56 on CIFAR-10 with DO-Conv (paper Table 1): the baseline beside it
+# plus the switch (every non-pointwise conv, nothing else changed).
 _base_ = ['./cifar-preact-resnet56_1xb128-64k_cifar10.py']
 
 runner_type = 'DOConvRunner'

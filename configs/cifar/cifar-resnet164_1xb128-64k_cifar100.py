@@ -1,14 +1,10 @@
-# ResNet-v1-164 on CIFAR-100, baseline (paper Table 1): He et al.'s
-# CIFAR network (bottlenecks, 1x1 projection shortcuts) and schedule with the 0.01 warm-up.
+# ResNet-v1-164 on CIFAR-100, baseline (paper Table 1): He et al.'s CIFAR
+# network (bottlenecks, 1x1 projection shortcuts) and schedule with the 0.01
+# warm-up.
 _base_ = [
-    '../_base_/cifar/safe_cifar100.py', '../_base_/cifar/he2016_64k_warmup.py'
+    '../_base_/cifar/classifier.py', '../_base_/cifar/safe_cifar100.py',
+    '../_base_/cifar/he2016_64k_warmup.py'
 ]
 model = dict(
-    type='ImageClassifier',
     backbone=dict(type='CIFARResNet', depth=164),
-    neck=dict(type='GlobalAveragePooling'),
-    head=dict(
-        type='LinearClsHead',
-        num_classes=100,
-        in_channels=256,
-        loss=dict(type='CrossEntropyLoss', loss_weight=1.0)))
+    head=dict(num_classes=100, in_channels=256))

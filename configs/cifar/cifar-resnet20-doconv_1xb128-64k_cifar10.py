@@ -1,5 +1,5 @@
-# ResNet-v1-20 on CIFAR-10 with DO-Conv (paper Table 1): the baseline beside
-# it plus the switch (every non-pointwise conv, nothing else changed).
+# ResNet-v1-20 on CIFAR-10 with DO-Conv (paper Table 1): the baseline beside it
+# plus the switch (every non-pointwise conv, nothing else changed).
 _base_ = ['./cifar-resnet20_1xb128-64k_cifar10.py']
 
 runner_type = 'DOConvRunner'

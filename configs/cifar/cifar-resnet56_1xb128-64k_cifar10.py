@@ -1,14 +1,9 @@
-# ResNet-v1-56 on CIFAR-10, baseline (paper Table 1): He et al.'s
-# CIFAR network (option-A shortcuts) and schedule.
+# ResNet-v1-56 on CIFAR-10, baseline (paper Table 1): He et al.'s CIFAR network
+# (option-A shortcuts) and schedule.
 _base_ = [
-    '../_base_/cifar/safe_cifar10.py', '../_base_/cifar/he2016_64k.py'
+    '../_base_/cifar/classifier.py', '../_base_/cifar/safe_cifar10.py',
+    '../_base_/cifar/he2016_64k.py'
 ]
 model = dict(
-    type='ImageClassifier',
     backbone=dict(type='CIFARResNet', depth=56),
-    neck=dict(type='GlobalAveragePooling'),
-    head=dict(
-        type='LinearClsHead',
-        num_classes=10,
-        in_channels=64,
-        loss=dict(type='CrossEntropyLoss', loss_weight=1.0)))
+    head=dict(num_classes=10, in_channels=64))

@@ -185,8 +185,9 @@ def convert_to_doconv(model: nn.Module,
     """Replace every non-pointwise ``nn.Conv2d`` in ``model`` by DO-Conv.
 
     Converted: ``nn.Conv2d`` itself, subclasses that only change how the
-    layer is built (they inherit ``forward`` and ``_conv_forward``), and
-    mmcv's ``Conv2d`` wrapper (its forward differs only on torch < 1.4).  Left
+    layer is built (they inherit ``forward`` and ``_conv_forward``), mmcv's
+    ``Conv2d`` wrapper (its forward differs only on torch < 1.4), and mmcv's
+    ``Conv2dAdaptivePadding`` (to a twin that pads as it does).  Left
     alone and reported: 1x1 kernels (no spatial patch to over-parameterize,
     paper §4), convs with their own forward (DCN, ConvWS, SAC, ...), convs
     whose weight is parametrized (weight norm, spectral norm: see

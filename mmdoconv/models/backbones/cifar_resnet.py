@@ -94,18 +94,30 @@ class CIFARBottleneck(BaseModule):
 
 
 class _CIFARNet(FreezableBackbone):
-    """The stem and the three stages every CIFAR network here shares."""
+    """The stem and the three stages every CIFAR network here shares.
+
+    Subclasses set :attr:`preact`, :attr:`depths`, :attr:`block_args` and
+    :meth:`block_type`.
+    """
 
     preact = False
+    depths = tuple(CIFAR_DEPTHS)
+    #: Extra arguments of every block (the plain net's ``shortcut=False``).
+    block_args: dict = {}
 
-    def __init__(self, depth: int, in_channels: int, out_indices,
-                 frozen_stages: int, conv_cfg: Optional[dict],
-                 norm_cfg: dict, norm_eval: bool, init_cfg,
-                 **block_args) -> None:
+    def __init__(self,
+                 depth: int,
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (2, ),
+                 frozen_stages: int = -1,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN', requires_grad=True),
+                 norm_eval: bool = False,
+                 init_cfg=DEFAULT_INIT_CFG) -> None:
         super().__init__(init_cfg)
-        if depth not in CIFAR_DEPTHS:
+        if depth not in self.depths:
             raise KeyError(f'invalid depth {depth} for {type(self).__name__}'
-                           f'; expected one of {sorted(CIFAR_DEPTHS)}')
+                           f'; expected one of {list(self.depths)}')
         bottleneck, num_blocks = CIFAR_DEPTHS[depth]
         self.depth = depth
         self.set_stage_options(3, out_indices, frozen_stages, norm_eval)
@@ -123,7 +135,7 @@ class _CIFARNet(FreezableBackbone):
             for block_index in range(num_blocks):
                 stride = 2 if index > 0 and block_index == 0 else 1
                 blocks.append(block(channels, out_channels, stride, conv_cfg,
-                                    norm_cfg, **block_args))
+                                    norm_cfg, **self.block_args))
                 channels = out_channels
             self.add_module(f'layer{index + 1}', nn.Sequential(*blocks))
         if self.preact:
@@ -174,14 +186,6 @@ class CIFARResNet(_CIFARNet):
     __doc__ = ("He et al.'s CIFAR ResNet-v1 (basic blocks with option-A "
                'shortcuts; ResNet-164 of bottlenecks).\n' + _DOC_ARGS)
 
-    def __init__(self, depth: int, in_channels: int = 3,
-                 out_indices: Sequence[int] = (2, ), frozen_stages: int = -1,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN', requires_grad=True),
-                 norm_eval: bool = False, init_cfg=DEFAULT_INIT_CFG) -> None:
-        super().__init__(depth, in_channels, out_indices, frozen_stages,
-                         conv_cfg, norm_cfg, norm_eval, init_cfg)
-
     def block_type(self, bottleneck: bool) -> type:
         return CIFARBottleneck if bottleneck else CIFARBasicBlock
 
@@ -194,14 +198,6 @@ class CIFARPreActResNet(_CIFARNet):
 
     preact = True
 
-    def __init__(self, depth: int, in_channels: int = 3,
-                 out_indices: Sequence[int] = (2, ), frozen_stages: int = -1,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN', requires_grad=True),
-                 norm_eval: bool = False, init_cfg=DEFAULT_INIT_CFG) -> None:
-        super().__init__(depth, in_channels, out_indices, frozen_stages,
-                         conv_cfg, norm_cfg, norm_eval, init_cfg)
-
     def block_type(self, bottleneck: bool) -> type:
         return PreActBottleneck if bottleneck else PreActBasicBlock
 
@@ -211,17 +207,8 @@ class CIFARPlainNet(_CIFARNet):
     __doc__ = ('Plain-20: CIFAR ResNet-v1-20 without its shortcuts.\n'
                + _DOC_ARGS.replace('20, 56, 110 or 164', '20'))
 
-    def __init__(self, depth: int = 20, in_channels: int = 3,
-                 out_indices: Sequence[int] = (2, ), frozen_stages: int = -1,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: dict = dict(type='BN', requires_grad=True),
-                 norm_eval: bool = False, init_cfg=DEFAULT_INIT_CFG) -> None:
-        if depth != 20:
-            raise KeyError(f'invalid depth {depth} for CIFARPlainNet; the '
-                           'paper has Plain-20 only')
-        super().__init__(depth, in_channels, out_indices, frozen_stages,
-                         conv_cfg, norm_cfg, norm_eval, init_cfg,
-                         shortcut=False)
+    depths = (20, )
+    block_args = dict(shortcut=False)
 
     def block_type(self, bottleneck: bool) -> type:
         return CIFARBasicBlock
