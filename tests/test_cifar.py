@@ -22,6 +22,15 @@ ARCH = {20: (3, 'basic'), 56: (9, 'basic'), 110: (18, 'basic'),
 PUBLISHED_MILLIONS = {20: 0.27, 56: 0.85, 110: 1.7, 164: 1.7}
 
 
+def _build(cfg: dict) -> nn.Module:
+    """Build in mmpretrain's scope, whatever default scope an earlier
+    test's Runner left (mmengine's would not know mmpretrain's models)."""
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import MODELS
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return MODELS.build(cfg)
+
+
 def _expected_parameters(depth: int, preact: bool, classes: int = 10) -> int:
     """The classifier's parameter count from the architecture (convs, BN
     scale and shift, projection shortcuts, FC), written out independently
@@ -57,8 +66,7 @@ def _expected_parameters(depth: int, preact: bool, classes: int = 10) -> int:
 @pytest.mark.parametrize('depth', sorted(ARCH))
 @pytest.mark.parametrize('backbone', ['CIFARResNet', 'CIFARPreActResNet'])
 def test_backbones_match_the_published_architectures(backbone, depth):
-    from mmpretrain.registry import MODELS
-    model = MODELS.build(dict(type=backbone, depth=depth))
+    model = _build(dict(type=backbone, depth=depth))
     count = sum(p.numel() for p in model.parameters()) + \
         model.feat_dim * 10 + 10
     assert count == _expected_parameters(depth, backbone != 'CIFARResNet')
@@ -73,9 +81,8 @@ def test_backbones_match_the_published_architectures(backbone, depth):
 
 
 def test_plain20_is_resnet20_without_shortcuts():
-    from mmpretrain.registry import MODELS
-    plain = MODELS.build(dict(type='CIFARPlainNet', depth=20))
-    resnet = MODELS.build(dict(type='CIFARResNet', depth=20))
+    plain = _build(dict(type='CIFARPlainNet', depth=20))
+    resnet = _build(dict(type='CIFARResNet', depth=20))
     assert [(k, v.shape) for k, v in plain.state_dict().items()] == \
         [(k, v.shape) for k, v in resnet.state_dict().items()]
     plain.load_state_dict(resnet.state_dict())

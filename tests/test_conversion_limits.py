@@ -71,8 +71,10 @@ def test_replknet_31b_is_refused_at_once():
     """mmpretrain's RepLKNet-31B (31x31 .. 27x27 depthwise kernels): about
     5 G parameters of D, which took the machine's memory half-way through
     the conversion.  Now one error before any allocation."""
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
-    model = MODELS.build(dict(type='RepLKNet', arch='31B'))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(dict(type='RepLKNet', arch='31B'))
     with pytest.raises(ValueError, match=r'converting would add [\d,]+ '
                        r'parameters \((1[5-9]|2\d)\.\d GiB'):
         convert_to_doconv(model)

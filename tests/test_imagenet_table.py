@@ -226,6 +226,15 @@ def test_v1_and_v1b_put_the_stride_where_the_paper_says():
         (2, 2)
 
 
+def _build_in_mmpretrain(cfg: dict):
+    """Build in mmpretrain's scope, whatever default scope an earlier
+    test's Runner left."""
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import MODELS
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return MODELS.build(cfg)
+
+
 @pytest.mark.parametrize('backbone,stages,channels', [
     (dict(type='PreActResNet', depth=50), 4, (256, 512, 1024, 2048)),
     (dict(type='PlainResNet', depth=18), 4, (64, 128, 256, 512)),
@@ -237,9 +246,9 @@ def test_v1_and_v1b_put_the_stride_where_the_paper_says():
     (dict(type='CIFARPlainNet', depth=20), 3, (16, 32, 64)),
 ])
 def test_new_backbones_take_mmpretrain_options(backbone, stages, channels):
-    from mmpretrain.registry import MODELS
-    model = MODELS.build(dict(backbone, out_indices=tuple(range(stages)),
-                              frozen_stages=1, norm_eval=True))
+    model = _build_in_mmpretrain(dict(
+        backbone, out_indices=tuple(range(stages)), frozen_stages=1,
+        norm_eval=True))
     model.init_weights()
     outs = model(torch.randn(1, 3, 64, 64))
     assert tuple(o.shape[1] for o in outs) == channels
@@ -251,9 +260,9 @@ def test_new_backbones_take_mmpretrain_options(backbone, stages, channels):
     assert not any(m.training for m in model.modules()
                    if isinstance(m, torch.nn.BatchNorm2d))  # norm_eval
     with pytest.raises(ValueError, match='out_indices'):
-        MODELS.build(dict(backbone, out_indices=(stages, )))
+        _build_in_mmpretrain(dict(backbone, out_indices=(stages, )))
     with pytest.raises(ValueError, match='frozen_stages'):
-        MODELS.build(dict(backbone, frozen_stages=stages + 1))
+        _build_in_mmpretrain(dict(backbone, frozen_stages=stages + 1))
 
 
 def test_tools_build_the_model_as_the_runner_does():
