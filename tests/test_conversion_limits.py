@@ -117,3 +117,18 @@ def test_adaptive_padding_convs_convert_and_fold_back_to_their_class(d_mul):
                           Conv2dAdaptivePadding(4, 4, (5, 3), groups=4))
     again.load_state_dict(model.state_dict(), strict=True)
     assert F.mse_loss(again(x), folded) == 0
+
+
+def test_other_conv_kinds_are_named_as_left_plain():
+    """``nn.Sequential(nn.ConvTranspose2d(4, 6, 3))`` was reported as
+    "converted 0 ...; left plain: none", as if the model had no conv."""
+    model = nn.Sequential(nn.ConvTranspose2d(4, 6, 3), nn.Conv1d(4, 4, 3),
+                          nn.Conv3d(4, 4, 3), nn.ConvTranspose2d(4, 4, 1),
+                          nn.Conv2d(4, 4, 3))
+    report = convert_to_doconv(model)
+    assert report.converted == ['4']
+    assert report.skipped == {
+        '0': 'no DO-Conv layer for ConvTranspose2d yet',
+        '1': 'no DO-Conv layer for Conv1d yet',
+        '2': 'no DO-Conv layer for Conv3d yet'}
+    assert 'left plain: 1 no DO-Conv layer for Conv1d yet' in str(report)

@@ -36,6 +36,7 @@ from mmengine.registry import MODELS, TRANSFORMS, DefaultScope
 from torch import nn
 
 from mmdoconv import DOConv2d, convert_to_doconv
+from mmdoconv.cnn.conversion import UNSUPPORTED_KIND
 from mmdoconv.utils.compare import flatten_tensors, max_abs_difference
 from mmdoconv.deploy.export import (TensorGraph, dense_heads,
                                     pack_sample)
@@ -223,8 +224,10 @@ def _small_inputs(cfg: Config, scale: int = 1) -> Config:
 
 def _left_plain(skipped: Dict[str, str]) -> Dict[str, str]:
     """Non-pointwise ``nn.Conv2d`` left plain, with the reason."""
+    other_kind = UNSUPPORTED_KIND.split('{}')[0]  # listed in other_convs
     return {name: reason for name, reason in skipped.items()
-            if reason not in ('pointwise (1x1)', 'already DO-Conv')}
+            if reason not in ('pointwise (1x1)', 'already DO-Conv')
+            and not reason.startswith(other_kind)}
 
 
 def _other_convs(model: nn.Module) -> Dict[str, str]:

@@ -8,6 +8,7 @@ own).
 """
 import fnmatch
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -20,6 +21,8 @@ from .doconv import (DOConv2d, check_d_init, check_recompute_kernel,
                      resolve_d_mul)
 
 Patterns = Union[None, str, Sequence[str]]
+#: The reason a conv of another kind (transposed, 1-D, 3-D) is left plain.
+UNSUPPORTED_KIND = 'no DO-Conv layer for {} yet'
 #: The parameters a conversion may add whatever the model's size (64 MiB in
 #: float32): small and narrow models' D can outgrow their W.
 DEFAULT_MAX_D_PARAMS = 2**24
@@ -188,7 +191,8 @@ def convert_to_doconv(model: nn.Module,
     layer is built (they inherit ``forward`` and ``_conv_forward``), mmcv's
     ``Conv2d`` wrapper (its forward differs only on torch < 1.4), and mmcv's
     ``Conv2dAdaptivePadding`` (to a twin that pads as it does).  Left
-    alone and reported: 1x1 kernels (no spatial patch to over-parameterize,
+    alone and reported: transposed, 1-D and 3-D convs (no DO-Conv layer for
+    them yet), 1x1 kernels (no spatial patch to over-parameterize,
     paper §4), convs with their own forward (DCN, ConvWS, SAC, ...), convs
     whose weight is parametrized (weight norm, spectral norm: see
     :func:`_parametrization`), layers that are DO-Conv already (so
@@ -248,6 +252,13 @@ def convert_to_doconv(model: nn.Module,
     added: Dict[str, int] = {}
     convs = [(name, module) for name, module in model.named_modules()
              if isinstance(module, nn.Conv2d)]
+    # Transposed, 1-D and 3-D convs have no DO-Conv layer yet: named, so a
+    # report never reads as if a model had none.
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(
+                module, nn.Conv2d) and math.prod(module.kernel_size) > 1:
+            report.skipped[name] = UNSUPPORTED_KIND.format(
+                type(module).__name__)
     for name, child in convs:
         reason = None
         if isinstance(child, DOConv2d):
