@@ -7,6 +7,7 @@ logits off by 1.5 of 15 from the DO-Conv model's.
 import logging
 import os.path as osp
 
+import pytest
 import torch
 from mmengine.logging import MMLogger
 from mmengine.runner import load_checkpoint
@@ -99,3 +100,19 @@ def test_stock_load_checkpoint_into_a_plain_resnet(tmp_path):
     load_checkpoint(again, path, strict=True)
     assert torch.equal(again.backbone.conv1.D, doconv.backbone.conv1.D)
     assert osp.isfile(path)
+
+
+def test_a_malformed_d_entry_for_a_plain_conv_is_one_named_error(tmp_path):
+    """A crafted D (2-D) for a plain conv: named, as the tools' one line
+    (IncompatibleCheckpointError), not a traceback from inside mmengine."""
+    from mmdoconv import IncompatibleCheckpointError
+    from mmdoconv.utils.cli import BAD_INPUT_ERRORS
+    plain = nn.Sequential(nn.Conv2d(4, 4, 3))
+    state = dict(plain.state_dict(), **{'0.D': torch.zeros(9, 9)})
+    torch.save({'state_dict': state}, tmp_path / 'crafted.pth')
+    before = plain[0].weight.detach().clone()
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=r'cannot be folded: 0\.D must be a 3-D'):
+        load_checkpoint(plain, str(tmp_path / 'crafted.pth'))
+    assert IncompatibleCheckpointError in BAD_INPUT_ERRORS
+    assert torch.equal(plain[0].weight, before)

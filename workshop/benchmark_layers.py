@@ -5,6 +5,7 @@ Every measurement is a ratio taken in one run with the variants interleaved
 (A B C A B C ...), so a machine that drifts (turbo, other load) biases no
 variant; each time is the median over repeats after warm-up.
 """
+import argparse
 import contextlib
 import copy
 import json
@@ -28,7 +29,6 @@ LAYER_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
 
 def parse_shape(text: str) -> Tuple[int, int]:
     """A layer shape ``CHANNELSxSIZE`` (``256x14``), for argparse."""
-    import argparse
     try:
         channels, size = (int(v) for v in text.lower().split('x'))
     except ValueError:

@@ -18,6 +18,7 @@ import mmengine.runner
 import mmengine.runner.checkpoint as mmengine_checkpoint
 from mmengine.logging import print_log
 
+from ..cnn.doconv import IncompatibleCheckpointError
 from ..deploy.fold import fold_for_plain_convs
 
 
@@ -25,7 +26,12 @@ def _folding(load_state_dict):
 
     @functools.wraps(load_state_dict)
     def load_folded(module, state_dict, strict=False, logger=None):
-        state_dict, folded = fold_for_plain_convs(module, state_dict)
+        try:
+            state_dict, folded = fold_for_plain_convs(module, state_dict)
+        except ValueError as error:  # a malformed D entry, named
+            raise IncompatibleCheckpointError(
+                f'the checkpoint\'s DO-Conv entries of plain convs cannot '
+                f'be folded: {error}') from None
         if folded:
             print_log(
                 f'the checkpoint holds D for {len(folded)} layers that are '
