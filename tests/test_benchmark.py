@@ -12,22 +12,23 @@ def test_benchmark_tool_writes_json(tmp_path):
     result = run_tool('tools/analysis_tools/benchmark.py', '--shapes', '8x6', '16x5',
                       '--repeats', '2', '--warmup', '1', '--profile',
                       '--out', str(out))
-    assert '| 8, 6×6 |' in result.stdout and 'machine: cpu=' in result.stdout
+    assert '| 8, 6×6, 3×3 dense |' in result.stdout
+    assert 'machine: cpu=' in result.stdout
     isa = load_extension()[0].instruction_set()
     assert f'compose=fused (cpp, {isa})' in result.stdout
     # --profile: where the train step's time goes, fused and pure PyTorch.
     sections = {part.split(' (10 steps)')[0]: part for part in
                 result.stdout.split('Profile: DO-Conv train step, ')[1:]}
     assert len(sections) == 6
-    fused = sections['8@6x6, fused composition']
-    kept = sections["8@6x6, fused composition, W' kept"]
-    pure = sections["8@6x6, pure-PyTorch composition, W' kept"]
+    fused = sections['8x6, fused composition']
+    kept = sections["8x6, fused composition, W' kept"]
+    pure = sections["8x6, pure-PyTorch composition, W' kept"]
     assert 'RecomposingConv2dBackward' in fused
     assert '_ComposeKernel' not in fused
     assert 'FusedComposeBackward' in kept and 'Recomposing' not in kept
     assert '_ComposeKernelBackward' in pure and 'FusedCompose' not in pure
     payload = json.loads(out.read_text())
-    assert set(payload) == {'machine', 'layers', 'models'}
+    assert set(payload) == {'machine', 'layers', 'models', 'configs'}
     assert [(l['channels'], l['size']) for l in payload['layers']] == [
         (8, 6), (16, 5)]
     for layer in payload['layers']:
@@ -68,8 +69,8 @@ def _hook_every_layer(monkeypatch, forward_hook):
     from workshop import benchmark_layers as benchmark
     real_layers = benchmark._layers
 
-    def hooked_layers(channels, device):
-        layers = real_layers(channels, device)
+    def hooked_layers(channels, device, kernel=3, groups=1):
+        layers = real_layers(channels, device, kernel, groups)
         for layer in layers.values():
             layer.register_forward_hook(forward_hook)
         return layers
@@ -137,3 +138,102 @@ def test_benchmark_layers_take_input_gradient_unless_told(tmp_path,
                        '--out', str(out)).stdout
     assert 'train step with weight gradients only' in printed
     assert json.loads(out.read_text())['layers'][0]['input_grad'] is False
+
+
+def test_layer_shapes_name_kernel_and_groups():
+    """``--shapes`` takes the depthwise and large-kernel layers the zoo
+    holds; the benchmark builds exactly those layers."""
+    import argparse
+
+    import pytest
+
+    from workshop.benchmark_layers import LayerShape, _layers, parse_shape
+    assert parse_shape('768x7:k7:dw') == LayerShape(768, 7, 7, 768)
+    assert parse_shape('256x14:g32') == LayerShape(256, 14, 3, 32)
+    assert parse_shape('64x56') == LayerShape(64, 56, 3, 1)
+    assert str(parse_shape('672x14:k5:dw')) == '672x14:k5:dw'
+    for bad in ('768x7:k7:dw2', '10x7:g3', '8x6:k0', '8x6:x'):
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
+            parse_shape(bad)
+    layers = _layers(12, torch.device('cpu'), kernel=5, groups=12)
+    for name, layer in layers.items():
+        assert (layer.kernel_size, layer.groups, layer.padding) == (
+            (5, 5), 12, (2, 2)), name
+    out = layers['doconv'](torch.randn(1, 12, 6, 6))
+    assert out.shape == (1, 12, 6, 6)
+
+
+def test_benchmark_times_depthwise_layers(tmp_path):
+    out = tmp_path / 'dw.json'
+    printed = run_tool('tools/analysis_tools/benchmark.py', '--shapes',
+                       '12x6:k7:dw', '--repeats', '1', '--warmup', '0',
+                       '--out', str(out)).stdout
+    assert '| 12, 6×6, 7×7 depthwise |' in printed
+    layer = json.loads(out.read_text())['layers'][0]
+    assert (layer['kernel'], layer['groups']) == (7, 12)
+
+
+def test_benchmark_times_any_config_and_a_list_of_them(tmp_path):
+    """``--models`` takes upstream configs (scope::path) and list files:
+    each row names the config, the layers the switch converts and the
+    parameters D adds (the switch's own counts), times both variants in
+    every round and gives each variant's peak memory from its own
+    process."""
+    from mmengine.config import Config
+
+    from mmdoconv import convert_to_doconv
+    from mmdoconv.utils.cli import build_model
+    config = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
+    zoo = tmp_path / 'zoo.txt'
+    zoo.write_text(f'# one config\n{config}  # ResNet-18\n\n')
+    out = tmp_path / 'configs.json'
+    printed = run_tool('tools/analysis_tools/benchmark.py', '--shapes',
+                       '--models', str(zoo), '--model-repeats', '2',
+                       '--model-batch', '2', '--model-size', '32', '--out',
+                       str(out)).stdout
+    assert 'Layer level' not in printed
+    from workshop.benchmark_configs import resolve_config
+    model = build_model(Config.fromfile(resolve_config(config)))
+    report = convert_to_doconv(model)
+    payload = json.loads(out.read_text())
+    (row, ) = payload['configs']
+    assert row['config'] == config and row['model'] == 'ImageClassifier'
+    assert row['converted'] == len(report.converted) == 17  # stem + 16
+    assert row['added_params'] == report.added_params > 0
+    for variant in ('plain', 'doconv'):
+        assert len(row['train'][variant]['samples']) == 2
+        assert row['train'][variant]['peak_mb'] > 100
+    line = [l for l in printed.splitlines()
+            if l.startswith('| resnet18_8xb32_in1k |')]
+    assert len(line) == 1 and '| 17 |' in line[0]
+    assert f'{report.added_params / 1e6:.2f} M' in line[0]
+
+
+def test_benchmark_refuses_a_missing_config_before_any_work(tmp_path):
+    from runs import run_python
+    for models, message in (
+            (['mmpretrain::resnet/resnet19.py'],
+             "config pattern 'mmpretrain::resnet/resnet19.py' matches no "
+             'file'),
+            (['nowhere.py'], "config 'nowhere.py' does not exist"),
+            ([str(tmp_path / 'zoo.txt')], 'does not exist')):
+        result = run_python('tools/analysis_tools/benchmark.py', '--models',
+                            *models, '--out', str(tmp_path / 'b.json'),
+                            check=False)
+        assert result.returncode == 2, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith('error: ') and message in last, last
+        assert 'machine:' not in result.stdout
+    assert not (tmp_path / 'b.json').exists()
+
+
+def test_tensor_loss_reaches_every_output():
+    from workshop.benchmark_configs import tensor_loss
+    logits = torch.randn(4, 10, requires_grad=True)
+    labels = torch.tensor([1, 12, 3, 9])
+    loss = tensor_loss(logits, labels)
+    torch.testing.assert_close(
+        loss, torch.nn.functional.cross_entropy(logits, labels % 10))
+    maps = [torch.randn(2, 3, 4, 4, requires_grad=True) for _ in range(2)]
+    tensor_loss((maps[0], [maps[1]]), labels).backward()
+    assert all(m.grad is not None and m.grad.abs().sum() > 0 for m in maps)

@@ -90,8 +90,42 @@ def test_cpp_matches_pure_pytorch(case, dtype, seed):
     assert w_fused.grad.is_contiguous()
 
 
+#: Kernel extents of the depthwise convs the census meets: 3x3 to 9x9,
+#: SegNeXt's strips (1x7 ... 21x1), and the 31x31 of RepLKNet.
+DEPTHWISE_KERNELS = [(3, 3), (5, 5), (7, 7), (9, 9), (1, 7), (7, 1), (1, 21),
+                     (11, 1), (31, 31)]
+
+
+@st.composite
+def depthwise_cases(draw):
+    """The per-channel loops (channel form): groups of one input channel,
+    a channel multiplier, or D_mul > M*N with a few input channels."""
+    kernel = draw(st.sampled_from(DEPTHWISE_KERNELS))
+    positions = kernel[0] * kernel[1]
+    d_mul = draw(st.one_of(st.just(positions),
+                           st.integers(positions, positions + 9)))
+    in_per_group = 1 if d_mul == positions else draw(st.integers(1, 3))
+    groups = draw(st.integers(2, 40 if positions < 900 else 4))
+    return dict(groups=groups, in_per_group=in_per_group,
+                out_per_group=draw(st.integers(1, 3)), positions=positions,
+                d_mul=d_mul)
+
+
+@settings(max_examples=80, deadline=None)
+@given(case=depthwise_cases(), dtype=st.sampled_from([torch.float32,
+                                                      torch.float64]),
+       seed=st.integers(0, 2**16))
+def test_cpp_depthwise_and_large_kernels_match_pure_pytorch(case, dtype,
+                                                            seed):
+    """Depthwise (and channel-multiplier) convs up to 31x31 and strip
+    kernels take the channel form: W', grad W and grad D equal the
+    pure-PyTorch composition's."""
+    test_cpp_matches_pure_pytorch.hypothesis.inner_test(case, dtype, seed)
+
+
 @pytest.mark.parametrize('groups,in_per_group,positions,d_mul', [
-    (1, 5, 9, 9), (3, 1, 9, 9), (2, 3, 4, 7), (1, 2, 25, 25)])
+    (1, 5, 9, 9), (3, 1, 9, 9), (2, 3, 4, 7), (1, 2, 25, 25),
+    (6, 1, 49, 49), (4, 1, 7, 7), (5, 1, 25, 30), (3, 2, 9, 11)])
 def test_cpp_gradcheck(groups, in_per_group, positions, d_mul):
     case = dict(groups=groups, in_per_group=in_per_group, out_per_group=3,
                 positions=positions, d_mul=d_mul)
@@ -227,7 +261,8 @@ def test_environment_variable_selects_pure_pytorch(tmp_path):
 
 ISA_CASES = [  # (groups, in_per_group, out_per_group, positions, d_mul)
     (1, 40, 9, 9, 9), (3, 7, 5, 9, 9), (2, 33, 4, 4, 4), (1, 20, 6, 1, 1),
-    (1, 6, 5, 25, 25), (2, 5, 3, 9, 12)]
+    (1, 6, 5, 25, 25), (2, 5, 3, 9, 12),
+    (24, 1, 1, 49, 49), (10, 1, 2, 25, 25), (9, 1, 1, 7, 7)]  # depthwise
 
 
 def _isa_inputs():

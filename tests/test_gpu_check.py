@@ -53,5 +53,5 @@ def test_report_on_cpu(tmp_path):
     assert 'Layer self-check (no_grad, TF32 matmuls on): passed' in report
     assert re.search(r'^\| ResNet-18 \(random D\), 2x3x64x64 \| 17 \| '
                      r'\d\.\de[-+]\d\d \| ok \|$', report, re.M), report
-    assert report.count('| 8, 6×6 |') == 2  # fp32 and AMP tables
+    assert report.count('| 8, 6×6, 3×3 dense |') == 2  # fp32 and AMP tables
     assert report.rstrip().endswith('All checks passed.')

@@ -14,7 +14,8 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import (Callable, Dict, List, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 import torch
 from torch import Tensor, nn
@@ -24,19 +25,62 @@ from mmdoconv.ops.extension import load_extension
 from mmdoconv.ops.fused_compose import force_backend, fused_backend
 from mmdoconv.utils.reference_converter import reference_kernel
 
-LAYER_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
+class LayerShape(NamedTuple):
+    """A benchmarked layer: ``channels`` in and out, a ``size`` x ``size``
+    map, a ``kernel`` x ``kernel`` kernel, ``groups`` (``channels`` for a
+    depthwise layer), stride 1 and 'same' padding."""
+    channels: int
+    size: int
+    kernel: int = 3
+    groups: int = 1
+
+    def __str__(self) -> str:
+        text = f'{self.channels}x{self.size}'
+        if self.kernel != 3:
+            text += f':k{self.kernel}'
+        if self.groups == self.channels and self.groups > 1:
+            text += ':dw'
+        elif self.groups != 1:
+            text += f':g{self.groups}'
+        return text
 
 
-def parse_shape(text: str) -> Tuple[int, int]:
-    """A layer shape ``CHANNELSxSIZE`` (``256x14``), for argparse."""
+LAYER_SHAPES = (LayerShape(64, 56), LayerShape(128, 28), LayerShape(256, 14),
+                LayerShape(512, 7))
+#: The depthwise layers of ConvNeXt-T (7x7) and MobileNetV3-large (5x5, 3x3)
+#: that issue 25's table times.
+DEPTHWISE_SHAPES = ('96x56:k7:dw', '384x14:k7:dw', '768x7:k7:dw',
+                    '672x14:k5:dw', '960x7:k5:dw', '384x14:dw')
+
+
+def parse_shape(text: str) -> LayerShape:
+    """A layer ``CHANNELSxSIZE[:kKERNEL][:dw|:gGROUPS]``, for argparse:
+    ``256x14`` (3x3 dense), ``768x7:k7:dw`` (ConvNeXt-T's last depthwise
+    7x7), ``672x14:k5:dw``, ``256x14:g32``."""
+    error = argparse.ArgumentTypeError(
+        'a shape is CHANNELSxSIZE[:kKERNEL][:dw|:gGROUPS], e.g. 256x14 or '
+        f'768x7:k7:dw, but got {text!r}')
+    head, *options = text.lower().split(':')
     try:
-        channels, size = (int(v) for v in text.lower().split('x'))
+        channels, size = (int(v) for v in head.split('x'))
+        kernel, groups = 3, 1
+        for option in options:
+            if option == 'dw':
+                groups = channels
+            elif option[:1] in ('k', 'g'):
+                value = int(option[1:])
+                kernel, groups = (value, groups) if option[0] == 'k' \
+                    else (kernel, value)
+            else:
+                raise ValueError(option)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'a shape is CHANNELSxSIZE, e.g. 256x14, but got {text!r}')
-    if channels <= 0 or size <= 0:
+        raise error
+    if min(channels, size, kernel, groups) <= 0:
         raise argparse.ArgumentTypeError(f'shape must be positive: {text!r}')
-    return channels, size
+    if channels % groups:
+        raise argparse.ArgumentTypeError(
+            f'groups must divide channels, but got {text!r}')
+    return LayerShape(channels, size, kernel, groups)
 
 
 class AnchorDOConv2d(nn.Conv2d):
@@ -148,19 +192,23 @@ class LayerResult:
     channels: int
     size: int
     batch: int
+    kernel: int = 3
+    groups: int = 1
     amp: Optional[str] = None
     input_grad: bool = True
     train: Dict[str, Dict] = field(default_factory=dict)
     eval: Dict[str, Dict] = field(default_factory=dict)
 
 
-def _layers(channels: int, device: torch.device) -> Dict[str, nn.Module]:
+def _layers(channels: int, device: torch.device, kernel: int = 3,
+            groups: int = 1) -> Dict[str, nn.Module]:
     torch.manual_seed(0)
-    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-    doconv = DOConv2d(channels, channels, 3, padding=1, bias=False)
+    options = dict(padding=kernel // 2, groups=groups, bias=False)
+    conv = nn.Conv2d(channels, channels, kernel, **options)
+    doconv = DOConv2d(channels, channels, kernel, **options)
     with torch.no_grad():
         doconv.D.normal_(std=0.01)
-    anchor = AnchorDOConv2d(channels, channels, 3, padding=1, bias=False)
+    anchor = AnchorDOConv2d(channels, channels, kernel, **options)
     # The layer before the fused kernel and recomputation: composes with
     # pure PyTorch (forced in train_step) and keeps W' for the backward.
     doconv_torch = copy.deepcopy(doconv)
@@ -182,7 +230,8 @@ def amp_dtype(device: torch.device) -> torch.dtype:
 def benchmark_layer(channels: int, size: int, batch: int = 8,
                     repeats: int = 10, warmup: int = 3,
                     device: str = 'cpu', amp: bool = False,
-                    input_grad: bool = True) -> LayerResult:
+                    input_grad: bool = True, kernel: int = 3,
+                    groups: int = 1) -> LayerResult:
     """Train-step and eval-forward times of the layer variants.
 
     ``doconv`` composes with the fused kernel where one is available and
@@ -194,9 +243,10 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
     With ``input_grad`` (default) the train step computes the input's
     gradient too, as every layer of a network but the first does; without
     it the layer is a stem fed the image (the weight gradients only).
+    ``kernel`` and ``groups`` as for ``nn.Conv2d`` (padding ``kernel // 2``).
     """
     device = torch.device(device)
-    layers = _layers(channels, device)
+    layers = _layers(channels, device, kernel, groups)
     x = torch.randn(batch, channels, size, size, device=device,
                     requires_grad=input_grad)
     grad = torch.randn(batch, channels, size, size, device=device)
@@ -228,7 +278,7 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
                 layer(x)
         return step
 
-    result = LayerResult(channels, size, batch,
+    result = LayerResult(channels, size, batch, kernel, groups,
                          amp=str(dtype).replace('torch.', '') if amp
                          else None, input_grad=input_grad)
     result.train = interleaved_medians(
@@ -246,14 +296,15 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
 
 def profile_layer(channels: int, size: int, batch: int = 8,
                   device: str = 'cpu', steps: int = 10, rows: int = 8,
-                  input_grad: bool = True) -> Dict[str, str]:
+                  input_grad: bool = True, kernel: int = 3,
+                  groups: int = 1) -> Dict[str, str]:
     """``torch.profiler`` tables (self time, top ``rows`` ops) of the DO-Conv
     train step: fused composition (W' recomposed in the backward, and W'
     kept) and pure-PyTorch composition (W' kept); ``input_grad`` as in
     :func:`benchmark_layer`."""
     from torch.profiler import ProfilerActivity, profile
     device = torch.device(device)
-    layers = _layers(channels, device)
+    layers = _layers(channels, device, kernel, groups)
     x = torch.randn(batch, channels, size, size, device=device,
                     requires_grad=input_grad)
     grad = torch.randn(batch, channels, size, size, device=device)
@@ -285,10 +336,17 @@ def profile_layer(channels: int, size: int, batch: int = 8,
     return tables
 
 
+def _layer_name(result: LayerResult) -> str:
+    kind = ('depthwise' if result.groups == result.channels > 1 else
+            f'{result.groups} groups' if result.groups > 1 else 'dense')
+    return (f'{result.channels}, {result.size}×{result.size}, '
+            f'{result.kernel}×{result.kernel} {kind}')
+
+
 def layer_table(results: Sequence[LayerResult]) -> str:
     """A markdown table: times in ms and ratios against nn.Conv2d."""
     lines = [
-        '| C_in=C_out, map | train: conv ms | DO-Conv (ratio, spread) | '
+        '| C_in=C_out, map, kernel | train: conv ms | DO-Conv (ratio, spread) | '
         "DO-Conv, W' kept (ratio) | DO-Conv, pure-PyTorch compose, W' kept "
         '(ratio) | anchor (ratio) | eval: conv ms | DO-Conv (ratio) | '
         'folded (ratio) | anchor (ratio) |',
@@ -305,7 +363,7 @@ def layer_table(results: Sequence[LayerResult]) -> str:
 
     for r in results:
         lines.append(
-            f'| {r.channels}, {r.size}×{r.size} | '
+            f'| {_layer_name(r)} | '
             f'{r.train["conv"]["seconds"] * 1e3:.2f} | '
             f'{cell(r.train, "doconv", spread=True)} | '
             f'{cell(r.train, "doconv_keep")} | '

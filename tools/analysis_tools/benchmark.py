@@ -2,7 +2,10 @@
 
     python tools/analysis_tools/benchmark.py                      # layer level, 4 shapes
     python tools/analysis_tools/benchmark.py --shapes 256x14 --repeats 20
-    python tools/analysis_tools/benchmark.py --models det seg cls # + model level
+    python tools/analysis_tools/benchmark.py --shapes 768x7:k7:dw 672x14:k5:dw  # depthwise
+    python tools/analysis_tools/benchmark.py --models det seg cls # + this project's configs
+    python tools/analysis_tools/benchmark.py --shapes --models \
+        mmpretrain::convnext/convnext-tiny_32xb128_in1k.py workshop/benchmark_zoo.txt
     python tools/analysis_tools/benchmark.py --shapes 512x7 --profile  # + torch.profiler
     python tools/analysis_tools/benchmark.py --amp                # fp16 (GPU) / bf16 (CPU) autocast
     python tools/analysis_tools/benchmark.py --no-input-grad      # layers as a stem (weight grads only)
@@ -16,6 +19,7 @@ import argparse
 import os.path as osp
 import sys
 import time
+from typing import List, Tuple
 
 import torch
 
@@ -31,20 +35,52 @@ from workshop.benchmark_layers import (LAYER_SHAPES, amp_dtype,  # noqa: E402
                                        profile_layer, write_json)
 
 
+def split_models(models: List[str]) -> Tuple[List[str], List[str]]:
+    """``--models`` as (det/seg/cls keywords, config names), list files
+    read and every config checked before any work."""
+    from workshop.benchmark_configs import read_model_list, resolve_config
+    kinds, configs = [], []
+    for name in models:
+        if name in ('det', 'seg', 'cls'):
+            kinds.append(name)
+        elif name.endswith('.txt'):
+            if not osp.isfile(name):
+                raise BadInputError(f'model list {name!r} does not exist')
+            configs += read_model_list(name)
+        else:
+            configs.append(name)
+    for name in configs:
+        resolve_config(name)
+    return kinds, configs
+
+
 @cli_main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--shapes', nargs='+', type=parse_shape,
+    parser.add_argument('--shapes', nargs='*', type=parse_shape,
                         default=list(LAYER_SHAPES),
-                        help='layer shapes CHANNELSxSIZE (3x3, stride 1)')
+                        help='layer shapes CHANNELSxSIZE[:kKERNEL][:dw|:gGROUPS]'
+                        ' (stride 1; default kernel 3, dense): 256x14, '
+                        '768x7:k7:dw; none with --models for the model level '
+                        'only')
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--models', nargs='*', default=[],
-                        choices=['det', 'seg', 'cls'],
-                        help='also time Faster R-CNN / DeepLabv3 / ResNet-50 '
-                        '(ImageNet) train and inference steps')
-    parser.add_argument('--model-repeats', type=int, default=5)
+                        help='also time models: det / seg / cls (this '
+                        'project\'s Faster R-CNN, DeepLabv3 and ResNet-50 '
+                        'configs, baseline against DO-Conv, train and '
+                        'inference steps through the Runner), any config '
+                        '(scope::path or a file: its plain model against the '
+                        'switch\'s conversion, tensor-mode train steps), or '
+                        'a .txt list of configs')
+    parser.add_argument('--model-repeats', type=int, default=None,
+                        help='rounds per model (default: 5 for det/seg/cls, '
+                        '11 for configs)')
+    parser.add_argument('--model-batch', type=int, default=8,
+                        help='batch of the config train steps')
+    parser.add_argument('--model-size', type=int, default=224,
+                        help='square input size of the config train steps')
     parser.add_argument('--rss-runs', type=int, default=1,
                         help='fresh processes per variant for the CPU peak '
                         'memory of each model (median)')
@@ -77,7 +113,12 @@ def main() -> None:
             'work_dirs', time.strftime('benchmark_%Y%m%d_%H%M%S.json'))
     # Checked before any work: a model-level run takes half an hour.
     require_new_output(args.out, args.overwrite)
-    for name in ('batch', 'repeats', 'model_repeats', 'rss_runs', 'threads'):
+    kinds, configs = split_models(args.models)
+    if configs and args.amp:
+        raise BadInputError('--amp times the det/seg/cls models only; config '
+                            'train steps run in fp32')
+    for name in ('batch', 'repeats', 'model_repeats', 'rss_runs', 'threads',
+                 'model_batch', 'model_size'):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise BadInputError(f'--{name.replace("_", "-")} must be >= 1, '
@@ -89,39 +130,55 @@ def main() -> None:
     machine = machine_info(args.device)
     print('machine: ' + ', '.join(f'{k}={v}' for k, v in machine.items()))
     layers = []
-    for index, (channels, size) in enumerate(args.shapes, 1):
-        print(f'[{index}/{len(args.shapes)}] layer {channels}@{size}x{size}',
-              flush=True)
-        layers.append(benchmark_layer(channels, size, args.batch,
+    for index, shape in enumerate(args.shapes, 1):
+        print(f'[{index}/{len(args.shapes)}] layer {shape}', flush=True)
+        layers.append(benchmark_layer(shape.channels, shape.size, args.batch,
                                       args.repeats, args.warmup, args.device,
-                                      args.amp, args.input_grad))
+                                      args.amp, args.input_grad,
+                                      shape.kernel, shape.groups))
     precision = ('AMP, ' + str(amp_dtype(torch.device(args.device))).replace(
         'torch.', '') + ' autocast') if args.amp else 'fp32'
     gradients = ('input and weight gradients' if args.input_grad else
                  'weight gradients only, no input gradient')
-    print('\nLayer level (3x3, stride 1, batch %d, %s, train step with %s, '
-          'median of %d):\n' % (args.batch, precision, gradients,
-                                 args.repeats))
-    print(layer_table(layers))
+    if layers:
+        print('\nLayer level (stride 1, batch %d, %s, train step with %s, '
+              'median of %d):\n' % (args.batch, precision, gradients,
+                                     args.repeats))
+        print(layer_table(layers))
     if args.profile:
-        for channels, size in args.shapes:
-            tables = profile_layer(channels, size, args.batch, args.device,
-                                   input_grad=args.input_grad)
+        for shape in args.shapes:
+            tables = profile_layer(shape.channels, shape.size, args.batch,
+                                   args.device, input_grad=args.input_grad,
+                                   kernel=shape.kernel, groups=shape.groups)
             for name, title in (
                     ('doconv', 'fused composition'),
                     ('doconv_keep', "fused composition, W' kept"),
                     ('doconv_torch', "pure-PyTorch composition, W' kept")):
-                print(f'\nProfile: DO-Conv train step, {channels}@{size}x'
-                      f'{size}, {title} (10 steps):\n{tables[name]}')
-    payload = dict(machine=machine, layers=layers, models=[])
-    if args.models:
+                print(f'\nProfile: DO-Conv train step, {shape}, {title} '
+                      f'(10 steps):\n{tables[name]}')
+    payload = dict(machine=machine, layers=layers, models=[], configs=[])
+    if kinds:
         from workshop.benchmark_models import benchmark_models, model_table
-        payload['models'] = benchmark_models(args.models, args.model_repeats,
-                                             args.device, args.amp,
-                                             args.rss_runs)
+        repeats = args.model_repeats or 5
+        payload['models'] = benchmark_models(kinds, repeats, args.device,
+                                             args.amp, args.rss_runs)
         print('\nModel level (%s, median of %d; spread = lowest-highest '
-              'per-round ratio):\n' % (precision, args.model_repeats))
+              'per-round ratio):\n' % (precision, repeats))
         print(model_table(payload['models']))
+    if configs:
+        from workshop.benchmark_configs import benchmark_configs, config_table
+        repeats = args.model_repeats or 11
+        payload['configs'] = benchmark_configs(
+            configs, repeats, args.model_batch, args.model_size, args.device,
+            args.rss_runs)
+        print('\nConfigs, plain model against the switch\'s conversion '
+              '(fp32, batch %d, %dx%d, forward in tensor mode + loss + '
+              'backward + SGD step, median of %d interleaved rounds; spread '
+              '= lowest-highest per-round ratio; peak memory: %s):\n'
+              % (args.model_batch, args.model_size, args.model_size, repeats,
+                 'resident-set high-water mark of a fresh process per variant'
+                 if args.device == 'cpu' else 'CUDA max allocated'))
+        print(config_table(payload['configs']))
     write_json(args.out, payload)
     print(f'\nwrote {args.out}')
 

@@ -40,7 +40,8 @@ from mmdoconv import DOConv2d, fold_doconv  # noqa: E402
 from mmdoconv.utils.cli import (BadInputError, build_model, cli_main,  # noqa
                                 load_config, parse_device,
                                 require_new_output)
-from workshop.benchmark_layers import (LAYER_SHAPES, benchmark_layer,  # noqa
+from workshop.benchmark_layers import (DEPTHWISE_SHAPES,  # noqa: E402
+                                       LAYER_SHAPES, benchmark_layer,  # noqa
                                        layer_table, machine_info,
                                        parse_shape)
 
@@ -83,11 +84,13 @@ def compose_section(device: torch.device) -> tuple:
 def layers_section(device: torch.device, shapes, repeats: int) -> tuple:
     parts = []
     for amp in (False, True):
-        results = [benchmark_layer(c, s, 8, repeats, min(3, repeats),
-                                   str(device), amp) for c, s in shapes]
+        results = [benchmark_layer(shape.channels, shape.size, 8, repeats,
+                                   min(3, repeats), str(device), amp,
+                                   kernel=shape.kernel, groups=shape.groups)
+                   for shape in shapes]
         title = 'fp16 AMP' if amp and device.type == 'cuda' else (
             'bf16 AMP' if amp else 'fp32')
-        parts.append(f'{title}, 3x3 stride 1, batch 8, train step with '
+        parts.append(f'{title}, stride 1, batch 8, train step with '
                      f'input and weight gradients, median of {repeats}:\n\n'
                      + layer_table(results))
     return '\n\n'.join(parts), 0
@@ -128,7 +131,8 @@ def main() -> None:
     parser.add_argument('--parts', nargs='+', choices=PARTS,
                         default=list(PARTS))
     parser.add_argument('--layer-shapes', nargs='+', type=parse_shape,
-                        default=list(LAYER_SHAPES))
+                        default=list(LAYER_SHAPES) + [
+                            parse_shape(shape) for shape in DEPTHWISE_SHAPES])
     parser.add_argument('--repeats', type=int, default=10,
                         help='timed rounds per variant (layers and models)')
     parser.add_argument('--out', help='markdown report (default: '

@@ -451,8 +451,50 @@ constexpr PositionKernels position_kernels_for() {
 }
 #endif  // DOCONV_X86
 
-// Direct per-channel loops for D_mul > M*N: W'[o, c, :] = D[c] W[o, c, :].
-template <typename T>
+// Per-channel loops: W'[o, c, :] = D[c] W[o, c, :], one (S x Dm) matrix-vector
+// product per (o, c).  The row forms above share each D matrix across a
+// group's output rows and vectorize along them; where a group has one input
+// channel (depthwise convs, 3x3 to 31x31 and strip kernels alike) or D_mul > M*N,
+// rows are a single channel long and the tables of the row form would be twice D's
+// size, so these loops read D once in place and vectorize along D_mul instead.
+
+// sum_i a[i] b[i], in vector lanes and then across them.
+template <typename T, int kBytes>
+DOCONV_INLINE T dot(const T* a, const T* b, int64_t n) {
+  using V = typename Vec<T, kBytes>::type;
+  constexpr int64_t L = Vec<T, kBytes>::lanes;
+  V acc0 = {}, acc1 = {};
+  int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    acc0 += load<V>(a + i) * load<V>(b + i);
+    acc1 += load<V>(a + i + L) * load<V>(b + i + L);
+  }
+  if (i + L <= n) {
+    acc0 += load<V>(a + i) * load<V>(b + i);
+    i += L;
+  }
+  acc0 += acc1;
+  T sum = 0;
+  for (int64_t l = 0; l < L; ++l) sum += acc0[l];
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// y[i] (= or +=) alpha * x[i].
+template <typename T, int kBytes, bool kAccumulate>
+DOCONV_INLINE void axpy(T* y, T alpha, const T* x, int64_t n) {
+  using V = typename Vec<T, kBytes>::type;
+  constexpr int64_t L = Vec<T, kBytes>::lanes;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const V v = load<V>(x + i) * alpha;
+    store<V>(y + i, kAccumulate ? load<V>(y + i) + v : v);
+  }
+  for (; i < n; ++i) y[i] = kAccumulate ? y[i] + alpha * x[i] : alpha * x[i];
+}
+
+// Output rows [begin, end), for D_mul > M*N with few groups.
+template <typename T, int kBytes>
 DOCONV_INLINE void direct_forward(const Shape& sh, const T* weight, const T* d_full, T* out,
                                   int64_t begin, int64_t end) {
   const int64_t S = sh.positions, Dm = sh.d_mul, Cg = sh.in_per_group;
@@ -462,17 +504,14 @@ DOCONV_INLINE void direct_forward(const Shape& sh, const T* weight, const T* d_f
       const T* w = weight + (o * Cg + c) * Dm;
       const T* dc = d_full + (group * Cg + c) * S * Dm;
       T* y = out + (o * Cg + c) * S;
-      for (int64_t s = 0; s < S; ++s) {
-        T sum = 0;
-        for (int64_t d = 0; d < Dm; ++d) sum += dc[s * Dm + d] * w[d];
-        y[s] = sum;
-      }
+      for (int64_t s = 0; s < S; ++s) y[s] = dot<T, kBytes>(dc + s * Dm, w, Dm);
     }
   }
 }
 
-// grad W[o, c, :] = D[c]^T g and grad_d[c] += g w^T, g = grad W'[o, c, :].
-template <typename T>
+// grad W[o, c, :] = D[c]^T g and grad_d[c] += g w^T, g = grad W'[o, c, :],
+// for output rows [begin, end).
+template <typename T, int kBytes>
 DOCONV_INLINE void direct_backward(const Shape& sh, const T* grad, const T* weight,
                                    const T* d_full, T* grad_weight, T* grad_d, int64_t begin,
                                    int64_t end) {
@@ -486,15 +525,70 @@ DOCONV_INLINE void direct_backward(const Shape& sh, const T* grad, const T* weig
       const T* dc = d_full + channel * S * Dm;
       if (grad_weight != nullptr) {
         T* gw = grad_weight + (o * Cg + c) * Dm;
-        for (int64_t d = 0; d < Dm; ++d) gw[d] = 0;
-        for (int64_t s = 0; s < S; ++s) {
-          for (int64_t d = 0; d < Dm; ++d) gw[d] += dc[s * Dm + d] * g[s];
-        }
+        axpy<T, kBytes, false>(gw, g[0], dc, Dm);
+        for (int64_t s = 1; s < S; ++s) axpy<T, kBytes, true>(gw, g[s], dc + s * Dm, Dm);
       }
       if (grad_d != nullptr) {
         T* gd = grad_d + channel * S * Dm;
-        for (int64_t s = 0; s < S; ++s) {
-          for (int64_t d = 0; d < Dm; ++d) gd[s * Dm + d] += g[s] * w[d];
+        for (int64_t s = 0; s < S; ++s) axpy<T, kBytes, true>(gd + s * Dm, g[s], w, Dm);
+      }
+    }
+  }
+}
+
+// Groups [begin, end): each D matrix is read once, while every output row of
+// its group uses it, and its grad D is written once, by the one task that
+// owns the group (no per-task buffers to zero and sum).
+template <typename T, int kBytes>
+DOCONV_INLINE void channel_forward(const Shape& sh, const T* weight, const T* d_full, T* out,
+                                   int64_t begin, int64_t end) {
+  const int64_t S = sh.positions, Dm = sh.d_mul, Cg = sh.in_per_group;
+  for (int64_t group = begin; group < end; ++group) {
+    for (int64_t c = 0; c < Cg; ++c) {
+      const T* dc = d_full + (group * Cg + c) * S * Dm;
+      for (int64_t o = group * sh.out_per_group; o < (group + 1) * sh.out_per_group; ++o) {
+        const T* w = weight + (o * Cg + c) * Dm;
+        T* y = out + (o * Cg + c) * S;
+        for (int64_t s = 0; s < S; ++s) y[s] = dot<T, kBytes>(dc + s * Dm, w, Dm);
+      }
+    }
+  }
+}
+
+template <typename T, int kBytes>
+DOCONV_INLINE void channel_backward(const Shape& sh, const T* grad, const T* weight,
+                                    const T* d_full, T* grad_weight, T* grad_d, int64_t begin,
+                                    int64_t end) {
+  const int64_t S = sh.positions, Dm = sh.d_mul, Cg = sh.in_per_group;
+  const int64_t per_group = sh.out_per_group;
+  for (int64_t group = begin; group < end; ++group) {
+    const int64_t o0 = group * per_group;
+    for (int64_t c = 0; c < Cg; ++c) {
+      const int64_t channel = group * Cg + c;
+      const T* dc = d_full + channel * S * Dm;
+      T* gdc = grad_d != nullptr ? grad_d + channel * S * Dm : nullptr;
+      // One pass over the rows of D[c]: each row feeds grad W of every
+      // output of the group and is replaced by its row of grad D.
+      for (int64_t s = 0; s < S; ++s) {
+        const T* d_row = dc + s * Dm;
+        for (int64_t o = o0; o < o0 + per_group; ++o) {
+          const T g = grad[(o * Cg + c) * S + s];
+          if (grad_weight != nullptr) {
+            T* gw = grad_weight + (o * Cg + c) * Dm;
+            if (s == 0) {
+              axpy<T, kBytes, false>(gw, g, d_row, Dm);
+            } else {
+              axpy<T, kBytes, true>(gw, g, d_row, Dm);
+            }
+          }
+          if (gdc != nullptr) {
+            const T* w = weight + (o * Cg + c) * Dm;
+            if (o == o0) {
+              axpy<T, kBytes, false>(gdc + s * Dm, g, w, Dm);
+            } else {
+              axpy<T, kBytes, true>(gdc + s * Dm, g, w, Dm);
+            }
+          }
         }
       }
     }
@@ -510,6 +604,9 @@ struct Kernels {
   void (*direct_forward)(const Shape&, const T*, const T*, T*, int64_t, int64_t);
   void (*direct_backward)(const Shape&, const T*, const T*, const T*, T*, T*, int64_t,
                           int64_t);
+  void (*channel_forward)(const Shape&, const T*, const T*, T*, int64_t, int64_t);
+  void (*channel_backward)(const Shape&, const T*, const T*, const T*, T*, T*, int64_t,
+                           int64_t);
 };
 
 #define DOCONV_VARIANT(T, ATTR, BYTES, SUFFIX)                                           \
@@ -524,14 +621,23 @@ struct Kernels {
   }                                                                                      \
   ATTR void direct_forward_##SUFFIX(const Shape& sh, const T* w, const T* d, T* y,      \
                                     int64_t b, int64_t e) {                              \
-    direct_forward<T>(sh, w, d, y, b, e);                                                \
+    direct_forward<T, BYTES>(sh, w, d, y, b, e);                                         \
   }                                                                                      \
   ATTR void direct_backward_##SUFFIX(const Shape& sh, const T* g, const T* w,           \
                                      const T* d, T* gw, T* gd, int64_t b, int64_t e) {   \
-    direct_backward<T>(sh, g, w, d, gw, gd, b, e);                                       \
+    direct_backward<T, BYTES>(sh, g, w, d, gw, gd, b, e);                                \
   }                                                                                      \
-  const Kernels<T> kernels_##SUFFIX = {shift_apply_##SUFFIX, shift_backward_##SUFFIX,    \
-                                       direct_forward_##SUFFIX, direct_backward_##SUFFIX};
+  ATTR void channel_forward_##SUFFIX(const Shape& sh, const T* w, const T* d, T* y,     \
+                                     int64_t b, int64_t e) {                             \
+    channel_forward<T, BYTES>(sh, w, d, y, b, e);                                        \
+  }                                                                                      \
+  ATTR void channel_backward_##SUFFIX(const Shape& sh, const T* g, const T* w,          \
+                                      const T* d, T* gw, T* gd, int64_t b, int64_t e) {  \
+    channel_backward<T, BYTES>(sh, g, w, d, gw, gd, b, e);                               \
+  }                                                                                      \
+  const Kernels<T> kernels_##SUFFIX = {shift_apply_##SUFFIX,     shift_backward_##SUFFIX,  \
+                                       direct_forward_##SUFFIX,  direct_backward_##SUFFIX, \
+                                       channel_forward_##SUFFIX, channel_backward_##SUFFIX};
 
 DOCONV_VARIANT(float, , 16, f32_base)
 DOCONV_VARIANT(double, , 16, f64_base)
@@ -667,6 +773,20 @@ int64_t grain_size(const Shape& sh) {
   return std::max<int64_t>(1, 32768 / per_row);
 }
 
+// Groups per task of the channel form, by the same measure.
+int64_t group_grain_size(const Shape& sh) {
+  return std::max<int64_t>(1, grain_size(sh) / sh.out_per_group);
+}
+
+// Whether the per-channel loops (channel_forward) run: grouped convs whose
+// groups have one input channel, or D_mul > M*N.  Independent of the thread
+// count, so a shape always takes the same loops.  (2-core AMD EPYC, AVX2,
+// depthwise layer train step, batch 8: 7x7 768@7 52 ms in the row form
+// against 14 ms here, plain conv 11 ms.)
+bool channel_form(const Shape& sh) {
+  return sh.groups > 1 && (sh.in_per_group == 1 || sh.positions != sh.d_mul);
+}
+
 // `out_in`, when given, is memory for W' (a contiguous tensor of W's dtype
 // with at least C_out * C_in/groups * M*N elements): W' is written into its
 // first elements and returned as a view of it.
@@ -675,8 +795,9 @@ at::Tensor compose_forward(const at::Tensor& weight_in, const at::Tensor& d_in,
   const Shape sh = shape_of(weight_in, d_in, groups);
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor d_full = d_in.contiguous();
-  const bool rows = sh.positions == sh.d_mul;
-  const PositionKernels* position = position_kernels(sh, weight.scalar_type());
+  const bool channel = channel_form(sh);
+  const bool rows = !channel && sh.positions == sh.d_mul;
+  const PositionKernels* position = rows ? position_kernels(sh, weight.scalar_type()) : nullptr;
   const at::Tensor tables = position != nullptr ? position_tables(d_full, sh, false)
                             : rows              ? shift_tables(d_full, sh, false)
                                                 : at::Tensor();
@@ -706,6 +827,12 @@ at::Tensor compose_forward(const at::Tensor& weight_in, const at::Tensor& d_in,
     scalar_t* y = out.data_ptr<scalar_t>();
     const scalar_t* tab = rows ? tables.data_ptr<scalar_t>() : nullptr;
     const scalar_t* d = d_full.data_ptr<scalar_t>();
+    if (channel) {
+      at::parallel_for(0, sh.groups, group_grain_size(sh), [&](int64_t b, int64_t e) {
+        kernels<scalar_t>().channel_forward(sh, w, d, y, b, e);
+      });
+      return;
+    }
     at::parallel_for(0, sh.out_channels, grain_size(sh), [&](int64_t b, int64_t e) {
       if (rows) {
         kernels<scalar_t>().shift_apply(sh, w, tab, y, b, e);
@@ -752,8 +879,26 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
   const at::Tensor grad = grad_in.contiguous().to(weight_in.scalar_type());
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor d_full = d_in.contiguous();
-  const bool rows = sh.positions == sh.d_mul;
   at::Tensor grad_weight, grad_d;
+  if (channel_form(sh)) {
+    // Each task owns whole groups and writes their grad D directly.
+    if (need_weight) grad_weight = at::empty_like(weight);
+    if (need_d) grad_d = at::empty_like(d_full);
+    if (need_weight || need_d) {
+      AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "doconv_channel_backward", [&] {
+        const scalar_t* g = grad.data_ptr<scalar_t>();
+        const scalar_t* w = weight.data_ptr<scalar_t>();
+        const scalar_t* d = d_full.data_ptr<scalar_t>();
+        scalar_t* gw = need_weight ? grad_weight.data_ptr<scalar_t>() : nullptr;
+        scalar_t* gd = need_d ? grad_d.data_ptr<scalar_t>() : nullptr;
+        at::parallel_for(0, sh.groups, group_grain_size(sh), [&](int64_t b, int64_t e) {
+          kernels<scalar_t>().channel_backward(sh, g, w, d, gw, gd, b, e);
+        });
+      });
+    }
+    return {grad_weight, grad_d};
+  }
+  const bool rows = sh.positions == sh.d_mul;
   const bool write_over_grad = in_place && rows && need_weight;
   if (write_over_grad) {
     grad_weight = grad.view(weight.sizes());
