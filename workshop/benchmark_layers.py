@@ -25,6 +25,7 @@ from mmdoconv.ops.extension import load_extension
 from mmdoconv.ops.fused_compose import force_backend, fused_backend
 from mmdoconv.utils.reference_converter import reference_kernel
 
+
 class LayerShape(NamedTuple):
     """A benchmarked layer: ``channels`` in and out, a ``size`` x ``size``
     map, a ``kernel`` x ``kernel`` kernel, ``groups`` (``channels`` for a
@@ -346,7 +347,8 @@ def _layer_name(result: LayerResult) -> str:
 def layer_table(results: Sequence[LayerResult]) -> str:
     """A markdown table: times in ms and ratios against nn.Conv2d."""
     lines = [
-        '| C_in=C_out, map, kernel | train: conv ms | DO-Conv (ratio, spread) | '
+        '| C_in=C_out, map, kernel | train: conv ms | '
+        'DO-Conv (ratio, spread) | '
         "DO-Conv, W' kept (ratio) | DO-Conv, pure-PyTorch compose, W' kept "
         '(ratio) | anchor (ratio) | eval: conv ms | DO-Conv (ratio) | '
         'folded (ratio) | anchor (ratio) |',

@@ -142,8 +142,8 @@ def main() -> None:
                  'weight gradients only, no input gradient')
     if layers:
         print('\nLayer level (stride 1, batch %d, %s, train step with %s, '
-              'median of %d):\n' % (args.batch, precision, gradients,
-                                     args.repeats))
+              'median of %d):\n'
+              % (args.batch, precision, gradients, args.repeats))
         print(layer_table(layers))
     if args.profile:
         for shape in args.shapes:
