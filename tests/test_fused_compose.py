@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from mmdoconv import DOConv2d
 from mmdoconv.cnn.compose import compose_grouped as reference
-from mmdoconv.cnn.compose import compose_kernel
+from mmdoconv.cnn.compose import compose_kernel, doconv_identity
 from mmdoconv.ops import fused_compose as fused_module
 from mmdoconv.ops.extension import library_path, load_extension
 from mmdoconv.ops.fused_compose import (FusedCompose, force_backend,
@@ -88,6 +88,15 @@ def test_cpp_matches_pure_pytorch(case, dtype, seed):
     torch.testing.assert_close(w_fused.grad, w_ref.grad, **tol)
     torch.testing.assert_close(d_fused.grad, d_ref.grad, **tol)
     assert w_fused.grad.is_contiguous()
+    # The layer's path: D - I handed over, the kernels add the identity.
+    identity = doconv_identity(case['positions'], case['d_mul'], dtype)
+    w_layer = weight.clone().requires_grad_()
+    d_layer = (d_full - identity).requires_grad_()
+    got = FusedCompose.apply(w_layer, d_layer, groups, 'cpp', True)
+    got.backward(grad)
+    torch.testing.assert_close(got, expected, **tol)
+    torch.testing.assert_close(w_layer.grad, w_ref.grad, **tol)
+    torch.testing.assert_close(d_layer.grad, d_ref.grad, **tol)
 
 
 #: Kernel extents of the depthwise convs the census meets: 3x3 to 9x9,
@@ -132,8 +141,10 @@ def test_cpp_gradcheck(groups, in_per_group, positions, d_mul):
     weight, d_full = make_tensors(case, torch.float64, 0)
     weight.requires_grad_()
     d_full.requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda w, d: FusedCompose.apply(w, d, groups, 'cpp'), (weight, d_full))
+    for identity in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda w, d: FusedCompose.apply(w, d, groups, 'cpp', identity),
+            (weight, d_full))
 
 
 def test_only_the_gradients_asked_for():
@@ -278,12 +289,19 @@ def _isa_inputs():
 
 
 def _compose_isa_cases(module) -> list:
-    """W', grad W and grad D (in place) of each case from the C++ kernels."""
+    """W', grad W and grad D (in place) of each case from the C++ kernels:
+    from D, then from D - I with the kernels adding the identity."""
     results = []
     for case, weight, d_full, grad in _isa_inputs():
-        results.append(module.compose_forward(weight, d_full, case['groups']))
-        results.extend(module.compose_backward(
-            grad.clone(), weight, d_full, case['groups'], True, True, True))
+        identity = doconv_identity(case['positions'], case['d_mul'],
+                                   weight.dtype)
+        for d, add_identity in ((d_full, False),
+                                (d_full - identity, True)):
+            results.append(module.compose_forward(
+                weight, d, case['groups'], identity=add_identity))
+            results.extend(module.compose_backward(
+                grad.clone(), weight, d, case['groups'], True, True, True,
+                identity=add_identity))
     return results
 
 
@@ -320,7 +338,7 @@ def test_every_instruction_set_variant_composes_the_same(isa, tmp_path):
         expected = reference(w_ref, d_ref, case['groups'])
         expected.backward(grad)
         tol = _tolerance(case, weight.dtype)
-        for want in (expected.detach(), w_ref.grad, d_ref.grad):
+        for want in (expected.detach(), w_ref.grad, d_ref.grad) * 2:
             got, mine = next(theirs), next(ours)
             torch.testing.assert_close(got, want, **tol)
             # Baseline x86-64 has no fused multiply-add: round-off differs.
@@ -429,3 +447,26 @@ with torch.inference_mode():
     printed = [line for line in result.stdout.splitlines()
                if ' - mmengine - ' not in line]
     assert printed == ["''", "'' 1", 'triton'], result.stdout + result.stderr
+
+
+def test_the_kernels_add_only_the_tiled_identity():
+    """The fused paths hand the kernels D - I and let them add the identity
+    only when the layer's identity is :func:`doconv_identity`; any other
+    tensor is added as given (materialised D + I), so the result follows
+    the ``identity`` argument either way."""
+    from mmdoconv.cnn.compose import is_tiled_identity
+    identity = doconv_identity(9, 20)
+    assert is_tiled_identity(identity)
+    assert not is_tiled_identity(torch.eye(9) * 2)
+    other = doconv_identity(9, 9)
+    assert is_tiled_identity(other)
+    other[0, 1] = 0.5  # in place: the cached answer must not be reused
+    assert not is_tiled_identity(other)
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(8, 4, 9, generator=generator)
+    d_minus_identity = torch.randn(4, 9, 9, generator=generator)
+    for eye in (doconv_identity(9, 9), other):
+        expected = reference(weight, d_minus_identity + eye, 1)
+        got = compose_kernel(weight, d_minus_identity, eye, (3, 3), 1)
+        torch.testing.assert_close(got.reshape(8, 4, 9), expected,
+                                   rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ decay must not shrink the identity), so callers pass the identity separately.
 Nothing here touches modules; :mod:`mmdoconv.cnn.doconv` and :mod:`mmdoconv.deploy.fold`
 build on these functions.
 """
+import weakref
 from typing import Tuple
 
 import torch
@@ -55,6 +56,32 @@ def doconv_identity(kernel_numel: int,
         blocks.append(
             torch.zeros(kernel_numel, remainder, dtype=dtype, device=device))
     return torch.cat(blocks, dim=1)
+
+
+# id(tensor) -> (weak reference, (version, data pointer, dtype), result).
+# Not a WeakKeyDictionary: it compares keys with ==, which tensors answer
+# elementwise.
+_checked_identities: dict = {}
+
+
+def is_tiled_identity(identity: Tensor) -> bool:
+    """Whether ``identity`` is :func:`doconv_identity` of its shape (what
+    the fused kernels add on the fly).  Checked once per tensor and version:
+    layers pass the same buffer on every call."""
+    state = (identity._version, identity.data_ptr(), identity.dtype)
+    known = _checked_identities.get(id(identity))
+    if known is not None and known[0]() is identity and known[1] == state:
+        return known[2]
+    result = bool(
+        identity.dim() == 2 and identity.shape[1] >= identity.shape[0]
+        and torch.equal(identity, doconv_identity(
+            identity.shape[0], identity.shape[1], identity.dtype,
+            identity.device)))
+    key = id(identity)
+    _checked_identities[key] = (weakref.ref(
+        identity, lambda _, key=key: _checked_identities.pop(key, None)),
+        state, result)
+    return result
 
 
 def weight_for_kernel(kernel: Tensor, d_mul: int) -> Tensor:
@@ -167,14 +194,20 @@ def compose_kernel(weight: Tensor, d_minus_identity: Tensor,
     """
     out_channels, in_per_group = weight.shape[:2]
     kernel_h, kernel_w = kernel_size
-    # D + I is C_in*(M*N)*D_mul numbers, far fewer than W's C_out*C_in*M*N:
-    # materialising it is cheaper than adding D's product to W.
-    d_full = d_minus_identity + identity  # broadcast over input channels
-    d_mul = d_full.shape[-1]
+    d_mul = d_minus_identity.shape[-1]
     weight_rows = weight.reshape(out_channels, in_per_group, d_mul)
     backend = fused_backend(weight)
-    if backend is not None:
-        composed = fused_compose(weight_rows, d_full, groups, backend)
+    if backend is not None and is_tiled_identity(identity):
+        # The fused kernels add the identity themselves (the C++ ones
+        # without materialising D + I).
+        composed = fused_compose(weight_rows, d_minus_identity, groups,
+                                 backend, identity=True)
     else:
-        composed = compose_grouped(weight_rows, d_full, groups)
+        # D + I is C_in*(M*N)*D_mul numbers, far fewer than W's
+        # C_out*C_in*M*N: materialising it is cheaper than adding D's
+        # product to W.
+        d_full = d_minus_identity + identity  # broadcast over input channels
+        composed = fused_compose(weight_rows, d_full, groups, backend) \
+            if backend is not None else compose_grouped(weight_rows, d_full,
+                                                        groups)
     return composed.reshape(out_channels, in_per_group, kernel_h, kernel_w)

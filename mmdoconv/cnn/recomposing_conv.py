@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..ops.fused_compose import (compose_rows, compose_rows_backward,
                                  fused_backend)
-from .compose import compose_kernel
+from .compose import compose_kernel, is_tiled_identity
 
 
 _workspaces = threading.local()
@@ -142,8 +142,8 @@ def _composed_conv(conv_input: Tensor, weight: Tensor,
      autocast_dtype) = conv_args
     with torch.autocast(conv_input.device.type, enabled=False):
         backend = fused_backend(weight) if reuse_memory else None
-        if backend is not None:
-            kernel = _compose_in_memory(weight, d_minus_identity + identity,
+        if backend is not None and is_tiled_identity(identity):
+            kernel = _compose_in_memory(weight, d_minus_identity,
                                         kernel_size, groups, backend)
         else:
             kernel = compose_kernel(weight, d_minus_identity, identity,
@@ -153,17 +153,20 @@ def _composed_conv(conv_input: Tensor, weight: Tensor,
                         padding, dilation, groups)
 
 
-def _compose_in_memory(weight: Tensor, d_full: Tensor,
+def _compose_in_memory(weight: Tensor, d_minus_identity: Tensor,
                        kernel_size: Tuple[int, int], groups: int,
                        backend: str) -> Tensor:
-    """``W'`` from the fused kernel, written into :func:`_kernel_memory`
-    where there is one (CPU), without autograd."""
+    """``W'`` from the fused kernel (which adds the tiled identity to
+    ``D - I`` itself), written into :func:`_kernel_memory` where there is
+    one (CPU), without autograd."""
     out_channels, in_per_group = weight.shape[:2]
-    rows = weight.reshape(out_channels, in_per_group, d_full.shape[-1])
+    rows = weight.reshape(out_channels, in_per_group,
+                          d_minus_identity.shape[-1])
     memory = _kernel_memory(
         weight, out_channels * in_per_group * kernel_size[0] * kernel_size[1])
-    return compose_rows(rows, d_full, groups, backend, out=memory).reshape(
-        out_channels, in_per_group, *kernel_size)
+    return compose_rows(rows, d_minus_identity, groups, backend, out=memory,
+                        identity=True).reshape(out_channels, in_per_group,
+                                               *kernel_size)
 
 
 def _recompose(weight: Tensor, d_minus_identity: Tensor, identity: Tensor,
@@ -179,19 +182,20 @@ def _recompose(weight: Tensor, d_minus_identity: Tensor, identity: Tensor,
     and grad W').
     """
     out_channels, in_per_group = weight.shape[:2]
-    d_full = d_minus_identity + identity
-    rows = weight.reshape(out_channels, in_per_group, d_full.shape[-1])
+    rows = weight.reshape(out_channels, in_per_group,
+                          d_minus_identity.shape[-1])
     backend = fused_backend(weight)
-    if backend is not None:
-        kernel = _compose_in_memory(weight, d_full, kernel_size, groups,
-                                    backend) if need_kernel else None
+    if backend is not None and is_tiled_identity(identity):
+        kernel = _compose_in_memory(weight, d_minus_identity, kernel_size,
+                                    groups, backend) if need_kernel else None
 
         def gradients(grad_kernel: Tensor):
             # grad W' is this backward's own tensor: grad W may take its
             # memory.
             grad_rows, grad_d = compose_rows_backward(
                 grad_kernel.reshape(out_channels, in_per_group, -1), rows,
-                d_full, groups, backend, need_weight, need_d, in_place=True)
+                d_minus_identity, groups, backend, need_weight, need_d,
+                in_place=True, identity=True)
             if grad_rows is not None:
                 grad_rows = grad_rows.reshape(weight.shape)
             return grad_rows, grad_d

@@ -162,8 +162,31 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _tiled_identity(d: Tensor) -> Tensor:
+    """The identity part of a ``(C_in, M*N, D_mul)`` D (see
+    :func:`~mmdoconv.cnn.compose.doconv_identity`), in D's dtype."""
+    positions, d_mul = d.shape[1:]
+    repeats = d_mul // positions
+    eye = torch.eye(positions, dtype=d.dtype, device=d.device)
+    tiled = eye.repeat(1, repeats)
+    if d_mul > repeats * positions:
+        tiled = torch.cat(
+            [tiled, tiled.new_zeros(positions, d_mul - repeats * positions)],
+            dim=1)
+    return tiled
+
+
+def _full_d(d: Tensor, identity: bool, backend: str) -> Tensor:
+    """What to hand ``backend`` for D: the C++ kernels add the tiled
+    identity themselves (``identity=True``); the Triton kernels take D + I."""
+    if identity and backend != 'cpp':
+        return d + _tiled_identity(d)
+    return d
+
+
 def compose_rows(weight: Tensor, d_full: Tensor, groups: int, backend: str,
-                 out: Optional[Tensor] = None) -> Tensor:
+                 out: Optional[Tensor] = None,
+                 identity: bool = False) -> Tensor:
     """``W'`` from the fused kernel of ``backend``, without autograd.
 
     Shapes: ``weight (C_out, C_in/groups, D_mul)``, ``d_full (C_in, M*N,
@@ -173,33 +196,42 @@ def compose_rows(weight: Tensor, d_full: Tensor, groups: int, backend: str,
         out: Optional memory for ``W'`` (contiguous, W's dtype, at least as
             many elements), used by the C++ kernel where W composes in its
             own dtype (float32, float64); the result is then a view of it.
+        identity: ``d_full`` is ``D - I`` (the layer's parameter); the
+            composition uses ``d_full`` + the tiled identity
+            (:func:`~mmdoconv.cnn.compose.doconv_identity`), which the C++
+            kernels add on the fly instead of materialising D + I.
     """
     dtype = _compute_dtype(weight.dtype)
+    d_full = _full_d(d_full, identity, backend).to(dtype)
+    options = dict(identity=True) if identity and backend == 'cpp' else {}
     if backend == 'cpp' and out is not None and weight.dtype == dtype:
-        return _ops(backend).compose_forward(weight, d_full.to(dtype), groups,
-                                             out)
-    out = _ops(backend).compose_forward(weight.to(dtype), d_full.to(dtype),
-                                        groups)
+        return _ops(backend).compose_forward(weight, d_full, groups, out,
+                                             **options)
+    out = _ops(backend).compose_forward(weight.to(dtype), d_full, groups,
+                                        **options)
     return out.to(weight.dtype)
 
 
 def compose_rows_backward(grad: Tensor, weight: Tensor, d_full: Tensor,
                           groups: int, backend: str, need_weight: bool,
-                          need_d: bool, in_place: bool = False):
+                          need_d: bool, in_place: bool = False,
+                          identity: bool = False):
     """``(grad W, grad D)`` of :func:`compose_rows` for ``grad`` = grad W'
     (None where not needed), in W's and D's dtypes.
 
     With ``in_place=True`` the caller hands ``grad`` over: the C++ kernel
     may write grad W over it (saves one allocation of W's size).
+    ``identity`` as for :func:`compose_rows` (grad D is the same either way).
     """
     dtype = _compute_dtype(weight.dtype)
+    d_compute = _full_d(d_full, identity, backend).to(dtype)
     if backend == 'cpp':
         grad_weight, grad_d = _ops(backend).compose_backward(
-            grad.to(dtype), weight.to(dtype), d_full.to(dtype), groups,
-            need_weight, need_d, in_place)
+            grad.to(dtype), weight.to(dtype), d_compute, groups,
+            need_weight, need_d, in_place, identity)
     else:
         grad_weight, grad_d = _ops(backend).compose_backward(
-            grad.to(dtype), weight.to(dtype), d_full.to(dtype), groups,
+            grad.to(dtype), weight.to(dtype), d_compute, groups,
             need_weight, need_d)
     if grad_weight is not None:
         grad_weight = grad_weight.to(weight.dtype)
@@ -212,23 +244,25 @@ class FusedCompose(torch.autograd.Function):
     """``W' = D^T o W`` with one read of W and one write of W' per pass.
 
     Shapes: ``weight (C_out, C_in/groups, D_mul)``, ``d_full (C_in, M*N,
-    D_mul)``; returns ``(C_out, C_in/groups, M*N)``.
+    D_mul)``; returns ``(C_out, C_in/groups, M*N)``.  With ``identity``,
+    ``d_full`` is ``D - I`` (:func:`compose_rows`).
     """
 
     @staticmethod
     def forward(ctx, weight: Tensor, d_full: Tensor, groups: int,
-                backend: str) -> Tensor:
+                backend: str, identity: bool = False) -> Tensor:
         ctx.save_for_backward(weight, d_full)
-        ctx.groups, ctx.backend = groups, backend
-        return compose_rows(weight, d_full, groups, backend)
+        ctx.groups, ctx.backend, ctx.identity = groups, backend, identity
+        return compose_rows(weight, d_full, groups, backend,
+                            identity=identity)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         weight, d_full = ctx.saved_tensors
         grad_weight, grad_d = compose_rows_backward(
             grad, weight, d_full, ctx.groups, ctx.backend,
-            *ctx.needs_input_grad[:2])
-        return grad_weight, grad_d, None, None
+            *ctx.needs_input_grad[:2], identity=ctx.identity)
+        return grad_weight, grad_d, None, None, None
 
 
 def _ops(backend: str):
@@ -239,6 +273,6 @@ def _ops(backend: str):
 
 
 def fused_compose(weight: Tensor, d_full: Tensor, groups: int,
-                  backend: str) -> Tensor:
+                  backend: str, identity: bool = False) -> Tensor:
     """Apply :class:`FusedCompose` (``backend`` from :func:`fused_backend`)."""
-    return FusedCompose.apply(weight, d_full, groups, backend)
+    return FusedCompose.apply(weight, d_full, groups, backend, identity)

@@ -30,7 +30,15 @@
 // S multiply-adds (about twice as fast as the row form at 64-512 channels,
 // equal to it for finite W: the row form's extra products add exact zeros).
 //
-// D_mul > M*N (rare) uses the direct per-channel loops.
+// D_mul > M*N, and groups of one input channel (depthwise), use per-channel
+// loops (channel_forward, direct_forward).
+//
+// With `identity`, the `d_full` argument is D - I (the layer's parameter) and
+// the kernels add the tiled identity I[s, d] = (d mod S == s, d < S * (Dm / S))
+// themselves: into the tables of the row and position forms, and as W[o, c, s
+// + t*S] terms in the per-channel loops.  D + I of a 7x7 depthwise layer is
+// 49 times W's size; never materialising it saves a pass over that memory and
+// a fresh allocation (page faults on CPU) per composition.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -494,17 +502,34 @@ DOCONV_INLINE void axpy(T* y, T alpha, const T* x, int64_t n) {
 }
 
 // Output rows [begin, end), for D_mul > M*N with few groups.
+// y[s] = D[s, :] . w, plus sum_t w[s + t*S] (the tiled identity) with identity.
+template <typename T, int kBytes>
+DOCONV_INLINE void compose_channel(const T* dc, const T* w, T* y, int64_t S, int64_t Dm,
+                                   bool identity) {
+  for (int64_t s = 0; s < S; ++s) y[s] = dot<T, kBytes>(dc + s * Dm, w, Dm);
+  if (!identity) return;
+  for (int64_t d = 0; d + S <= Dm; d += S) {
+    for (int64_t s = 0; s < S; ++s) y[s] += w[d + s];
+  }
+}
+
+// gw += g tiled along D_mul (the identity's part of grad W = D^T g).
+template <typename T>
+DOCONV_INLINE void add_identity_gradient(T* gw, const T* g, int64_t S, int64_t Dm) {
+  for (int64_t d = 0; d + S <= Dm; d += S) {
+    for (int64_t s = 0; s < S; ++s) gw[d + s] += g[s];
+  }
+}
+
 template <typename T, int kBytes>
 DOCONV_INLINE void direct_forward(const Shape& sh, const T* weight, const T* d_full, T* out,
-                                  int64_t begin, int64_t end) {
+                                  int64_t begin, int64_t end, bool identity) {
   const int64_t S = sh.positions, Dm = sh.d_mul, Cg = sh.in_per_group;
   for (int64_t o = begin; o < end; ++o) {
     const int64_t group = o / sh.out_per_group;
     for (int64_t c = 0; c < Cg; ++c) {
-      const T* w = weight + (o * Cg + c) * Dm;
-      const T* dc = d_full + (group * Cg + c) * S * Dm;
-      T* y = out + (o * Cg + c) * S;
-      for (int64_t s = 0; s < S; ++s) y[s] = dot<T, kBytes>(dc + s * Dm, w, Dm);
+      compose_channel<T, kBytes>(d_full + (group * Cg + c) * S * Dm, weight + (o * Cg + c) * Dm,
+                                 out + (o * Cg + c) * S, S, Dm, identity);
     }
   }
 }
@@ -514,7 +539,7 @@ DOCONV_INLINE void direct_forward(const Shape& sh, const T* weight, const T* d_f
 template <typename T, int kBytes>
 DOCONV_INLINE void direct_backward(const Shape& sh, const T* grad, const T* weight,
                                    const T* d_full, T* grad_weight, T* grad_d, int64_t begin,
-                                   int64_t end) {
+                                   int64_t end, bool identity) {
   const int64_t S = sh.positions, Dm = sh.d_mul, Cg = sh.in_per_group;
   for (int64_t o = begin; o < end; ++o) {
     const int64_t group = o / sh.out_per_group;
@@ -527,6 +552,7 @@ DOCONV_INLINE void direct_backward(const Shape& sh, const T* grad, const T* weig
         T* gw = grad_weight + (o * Cg + c) * Dm;
         axpy<T, kBytes, false>(gw, g[0], dc, Dm);
         for (int64_t s = 1; s < S; ++s) axpy<T, kBytes, true>(gw, g[s], dc + s * Dm, Dm);
+        if (identity) add_identity_gradient(gw, g, S, Dm);
       }
       if (grad_d != nullptr) {
         T* gd = grad_d + channel * S * Dm;
@@ -541,15 +567,14 @@ DOCONV_INLINE void direct_backward(const Shape& sh, const T* grad, const T* weig
 // owns the group (no per-task buffers to zero and sum).
 template <typename T, int kBytes>
 DOCONV_INLINE void channel_forward(const Shape& sh, const T* weight, const T* d_full, T* out,
-                                   int64_t begin, int64_t end) {
+                                   int64_t begin, int64_t end, bool identity) {
   const int64_t S = sh.positions, Dm = sh.d_mul, Cg = sh.in_per_group;
   for (int64_t group = begin; group < end; ++group) {
     for (int64_t c = 0; c < Cg; ++c) {
       const T* dc = d_full + (group * Cg + c) * S * Dm;
       for (int64_t o = group * sh.out_per_group; o < (group + 1) * sh.out_per_group; ++o) {
-        const T* w = weight + (o * Cg + c) * Dm;
-        T* y = out + (o * Cg + c) * S;
-        for (int64_t s = 0; s < S; ++s) y[s] = dot<T, kBytes>(dc + s * Dm, w, Dm);
+        compose_channel<T, kBytes>(dc, weight + (o * Cg + c) * Dm, out + (o * Cg + c) * S, S,
+                                   Dm, identity);
       }
     }
   }
@@ -558,7 +583,7 @@ DOCONV_INLINE void channel_forward(const Shape& sh, const T* weight, const T* d_
 template <typename T, int kBytes>
 DOCONV_INLINE void channel_backward(const Shape& sh, const T* grad, const T* weight,
                                     const T* d_full, T* grad_weight, T* grad_d, int64_t begin,
-                                    int64_t end) {
+                                    int64_t end, bool identity) {
   const int64_t S = sh.positions, Dm = sh.d_mul, Cg = sh.in_per_group;
   const int64_t per_group = sh.out_per_group;
   for (int64_t group = begin; group < end; ++group) {
@@ -591,6 +616,11 @@ DOCONV_INLINE void channel_backward(const Shape& sh, const T* grad, const T* wei
           }
         }
       }
+      if (identity && grad_weight != nullptr) {
+        for (int64_t o = o0; o < o0 + per_group; ++o) {
+          add_identity_gradient(grad_weight + (o * Cg + c) * Dm, grad + (o * Cg + c) * S, S, Dm);
+        }
+      }
     }
   }
 }
@@ -601,12 +631,12 @@ struct Kernels {
   void (*shift_apply)(const Shape&, const T*, const T*, T*, int64_t, int64_t);
   void (*shift_backward)(const Shape&, const T*, const T*, const T*, T*, T*, T*, int64_t,
                          int64_t);
-  void (*direct_forward)(const Shape&, const T*, const T*, T*, int64_t, int64_t);
+  void (*direct_forward)(const Shape&, const T*, const T*, T*, int64_t, int64_t, bool);
   void (*direct_backward)(const Shape&, const T*, const T*, const T*, T*, T*, int64_t,
-                          int64_t);
-  void (*channel_forward)(const Shape&, const T*, const T*, T*, int64_t, int64_t);
+                          int64_t, bool);
+  void (*channel_forward)(const Shape&, const T*, const T*, T*, int64_t, int64_t, bool);
   void (*channel_backward)(const Shape&, const T*, const T*, const T*, T*, T*, int64_t,
-                           int64_t);
+                           int64_t, bool);
 };
 
 #define DOCONV_VARIANT(T, ATTR, BYTES, SUFFIX)                                           \
@@ -620,20 +650,22 @@ struct Kernels {
     shift_backward<T, BYTES>(sh, g, w, tables, gw, acc, scratch, b, e);                  \
   }                                                                                      \
   ATTR void direct_forward_##SUFFIX(const Shape& sh, const T* w, const T* d, T* y,      \
-                                    int64_t b, int64_t e) {                              \
-    direct_forward<T, BYTES>(sh, w, d, y, b, e);                                         \
+                                    int64_t b, int64_t e, bool i) {                      \
+    direct_forward<T, BYTES>(sh, w, d, y, b, e, i);                                      \
   }                                                                                      \
   ATTR void direct_backward_##SUFFIX(const Shape& sh, const T* g, const T* w,           \
-                                     const T* d, T* gw, T* gd, int64_t b, int64_t e) {   \
-    direct_backward<T, BYTES>(sh, g, w, d, gw, gd, b, e);                                \
+                                     const T* d, T* gw, T* gd, int64_t b, int64_t e,     \
+                                     bool i) {                                           \
+    direct_backward<T, BYTES>(sh, g, w, d, gw, gd, b, e, i);                             \
   }                                                                                      \
   ATTR void channel_forward_##SUFFIX(const Shape& sh, const T* w, const T* d, T* y,     \
-                                     int64_t b, int64_t e) {                             \
-    channel_forward<T, BYTES>(sh, w, d, y, b, e);                                        \
+                                     int64_t b, int64_t e, bool i) {                     \
+    channel_forward<T, BYTES>(sh, w, d, y, b, e, i);                                     \
   }                                                                                      \
   ATTR void channel_backward_##SUFFIX(const Shape& sh, const T* g, const T* w,          \
-                                      const T* d, T* gw, T* gd, int64_t b, int64_t e) {  \
-    channel_backward<T, BYTES>(sh, g, w, d, gw, gd, b, e);                               \
+                                      const T* d, T* gw, T* gd, int64_t b, int64_t e,    \
+                                      bool i) {                                          \
+    channel_backward<T, BYTES>(sh, g, w, d, gw, gd, b, e, i);                            \
   }                                                                                      \
   const Kernels<T> kernels_##SUFFIX = {shift_apply_##SUFFIX,     shift_backward_##SUFFIX,  \
                                        direct_forward_##SUFFIX,  direct_backward_##SUFFIX, \
@@ -728,7 +760,8 @@ const Kernels<double>& kernels<double>() {
 
 // Tables E (transpose=false) or F (transpose=true), (groups, 2S-1, Cg*S):
 // E[t][c*S + s] = D[c, s, s + k], F[t][c*S + d] = D[c, d + k, d], k = t - (S-1).
-at::Tensor shift_tables(const at::Tensor& d_full, const Shape& sh, bool transpose) {
+at::Tensor shift_tables(const at::Tensor& d_full, const Shape& sh, bool transpose,
+                        bool identity) {
   const int64_t S = sh.positions, shifts = 2 * S - 1, row = sh.row();
   at::Tensor tables = at::zeros({sh.groups, shifts, row}, d_full.options());
   AT_DISPATCH_FLOATING_TYPES(d_full.scalar_type(), "doconv_shift_tables", [&] {
@@ -740,7 +773,8 @@ at::Tensor shift_tables(const at::Tensor& d_full, const Shape& sh, bool transpos
       for (int64_t a = 0; a < S; ++a) {      // s for E, d for F
         for (int64_t b = 0; b < S; ++b) {    // s + k for E, d + k for F
           const int64_t t = b - a + S - 1;
-          out[(group * shifts + t) * row + c * S + a] = transpose ? dc[b * S + a] : dc[a * S + b];
+          out[(group * shifts + t) * row + c * S + a] =
+              (transpose ? dc[b * S + a] : dc[a * S + b]) + (identity && a == b ? 1 : 0);
         }
       }
     }
@@ -750,7 +784,8 @@ at::Tensor shift_tables(const at::Tensor& d_full, const Shape& sh, bool transpos
 
 // Position-form tables (groups, S, Cg*S): T[k][c*S + p] = D[c, p, k] for
 // the forward, D[c, k, p] for grad W (transpose).
-at::Tensor position_tables(const at::Tensor& d_full, const Shape& sh, bool transpose) {
+at::Tensor position_tables(const at::Tensor& d_full, const Shape& sh, bool transpose,
+                           bool identity) {
   const int64_t S = sh.positions, row = sh.row();
   at::Tensor tables = at::empty({sh.groups, S, row}, d_full.options());
   const float* d = d_full.data_ptr<float>();
@@ -760,7 +795,8 @@ at::Tensor position_tables(const at::Tensor& d_full, const Shape& sh, bool trans
     const float* dc = d + channel * S * S;
     for (int64_t p = 0; p < S; ++p) {
       for (int64_t k = 0; k < S; ++k) {
-        out[(group * S + k) * row + c * S + p] = transpose ? dc[k * S + p] : dc[p * S + k];
+        out[(group * S + k) * row + c * S + p] =
+            (transpose ? dc[k * S + p] : dc[p * S + k]) + (identity && p == k ? 1.0f : 0.0f);
       }
     }
   }
@@ -791,15 +827,16 @@ bool channel_form(const Shape& sh) {
 // with at least C_out * C_in/groups * M*N elements): W' is written into its
 // first elements and returned as a view of it.
 at::Tensor compose_forward(const at::Tensor& weight_in, const at::Tensor& d_in,
-                           int64_t groups, const c10::optional<at::Tensor>& out_in) {
+                           int64_t groups, const c10::optional<at::Tensor>& out_in,
+                           bool identity) {
   const Shape sh = shape_of(weight_in, d_in, groups);
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor d_full = d_in.contiguous();
   const bool channel = channel_form(sh);
   const bool rows = !channel && sh.positions == sh.d_mul;
   const PositionKernels* position = rows ? position_kernels(sh, weight.scalar_type()) : nullptr;
-  const at::Tensor tables = position != nullptr ? position_tables(d_full, sh, false)
-                            : rows              ? shift_tables(d_full, sh, false)
+  const at::Tensor tables = position != nullptr ? position_tables(d_full, sh, false, identity)
+                            : rows              ? shift_tables(d_full, sh, false, identity)
                                                 : at::Tensor();
   const int64_t numel = sh.out_channels * sh.in_per_group * sh.positions;
   at::Tensor out;
@@ -829,7 +866,7 @@ at::Tensor compose_forward(const at::Tensor& weight_in, const at::Tensor& d_in,
     const scalar_t* d = d_full.data_ptr<scalar_t>();
     if (channel) {
       at::parallel_for(0, sh.groups, group_grain_size(sh), [&](int64_t b, int64_t e) {
-        kernels<scalar_t>().channel_forward(sh, w, d, y, b, e);
+        kernels<scalar_t>().channel_forward(sh, w, d, y, b, e, identity);
       });
       return;
     }
@@ -837,7 +874,7 @@ at::Tensor compose_forward(const at::Tensor& weight_in, const at::Tensor& d_in,
       if (rows) {
         kernels<scalar_t>().shift_apply(sh, w, tab, y, b, e);
       } else {
-        kernels<scalar_t>().direct_forward(sh, w, d, y, b, e);
+        kernels<scalar_t>().direct_forward(sh, w, d, y, b, e, identity);
       }
     });
   });
@@ -871,7 +908,8 @@ at::Tensor grad_d_from_correlations(const at::Tensor& correlations, const Shape&
 // grad W is written over it (one allocation of W's size less per call).
 std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Tensor& weight_in,
                                          const at::Tensor& d_in, int64_t groups,
-                                         bool need_weight, bool need_d, bool in_place) {
+                                         bool need_weight, bool need_d, bool in_place,
+                                         bool identity) {
   const Shape sh = shape_of(weight_in, d_in, groups);
   TORCH_CHECK(grad_in.numel() == sh.out_channels * sh.in_per_group * sh.positions,
               "grad of W' has ", grad_in.numel(), " elements, expected ",
@@ -892,7 +930,7 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
         scalar_t* gw = need_weight ? grad_weight.data_ptr<scalar_t>() : nullptr;
         scalar_t* gd = need_d ? grad_d.data_ptr<scalar_t>() : nullptr;
         at::parallel_for(0, sh.groups, group_grain_size(sh), [&](int64_t b, int64_t e) {
-          kernels<scalar_t>().channel_backward(sh, g, w, d, gw, gd, b, e);
+          kernels<scalar_t>().channel_backward(sh, g, w, d, gw, gd, b, e, identity);
         });
       });
     }
@@ -921,8 +959,8 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
                    : at::zeros({tasks, d_full.size(0), sh.positions, sh.d_mul}, weight.options());
   }
   const at::Tensor tables = !(rows && need_weight) ? at::Tensor()
-                            : position != nullptr  ? position_tables(d_full, sh, true)
-                                                   : shift_tables(d_full, sh, true);
+                            : position != nullptr  ? position_tables(d_full, sh, true, identity)
+                                                   : shift_tables(d_full, sh, true, identity);
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "doconv_compose_backward", [&] {
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* w = weight.data_ptr<scalar_t>();
@@ -958,7 +996,8 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
       at::parallel_for(0, tasks, 1, [&](int64_t tb, int64_t te) {
         for (int64_t t = tb; t < te; ++t) {
           kernels<scalar_t>().direct_backward(sh, g, w, d, gw, need_d ? acc + t * per_task : nullptr,
-                                 t * sh.out_channels / tasks, (t + 1) * sh.out_channels / tasks);
+                                              t * sh.out_channels / tasks,
+                                              (t + 1) * sh.out_channels / tasks, identity);
         }
       });
     }
@@ -973,10 +1012,13 @@ std::vector<at::Tensor> compose_backward(const at::Tensor& grad_in, const at::Te
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused DO-Conv kernel composition (CPU)";
-  m.def("compose_forward", &compose_forward, "W' = D^T o W",
-        py::arg("weight"), py::arg("d_full"), py::arg("groups"), py::arg("out") = py::none());
+  m.def("compose_forward", &compose_forward,
+        "W' = D^T o W (D = d_full, or d_full + the tiled identity with identity=True)",
+        py::arg("weight"), py::arg("d_full"), py::arg("groups"), py::arg("out") = py::none(),
+        py::arg("identity") = false);
   m.def("compose_backward", &compose_backward, "grad W and grad D of W' = D^T o W",
         py::arg("grad"), py::arg("weight"), py::arg("d_full"), py::arg("groups"),
-        py::arg("need_weight"), py::arg("need_d"), py::arg("in_place") = false);
+        py::arg("need_weight"), py::arg("need_d"), py::arg("in_place") = false,
+        py::arg("identity") = false);
   m.def("instruction_set", &instruction_set, "the vector instructions the kernels use here");
 }
