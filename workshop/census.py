@@ -2,7 +2,9 @@
 
 For one config, with no pretrained weights (nothing is downloaded):
 
-1. build the model and convert it as ``runner_type='DOConvRunner'`` does;
+1. build the model, initialise it as the Runner does (``init_weights()``,
+   with every ``Pretrained`` ``init_cfg`` left out), and convert it as
+   ``runner_type='DOConvRunner'`` does;
 2. count the non-pointwise convs converted and those left plain, naming each
    left-over module and why;
 3. run one training step on a small synthetic batch of the structure the
@@ -21,6 +23,7 @@ For one config, with no pretrained weights (nothing is downloaded):
 """
 import copy
 import glob
+import logging
 import math
 import os.path as osp
 import time
@@ -31,7 +34,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 from mmengine.config import Config
-from mmengine.logging import MessageHub
+from mmengine.logging import MessageHub, MMLogger
 from mmengine.registry import MODELS, TRANSFORMS, DefaultScope
 from torch import nn
 
@@ -222,6 +225,38 @@ def _small_inputs(cfg: Config, scale: int = 1) -> Config:
     return cfg
 
 
+def _drop_pretrained(init_cfg):
+    """``init_cfg`` without its ``Pretrained`` entries (None if nothing is
+    left)."""
+    if isinstance(init_cfg, dict):
+        return None if init_cfg.get('type') == 'Pretrained' else init_cfg
+    if isinstance(init_cfg, (list, tuple)):
+        kept = [c for c in init_cfg
+                if not (isinstance(c, dict) and c.get('type') == 'Pretrained')]
+        return kept or None
+    return init_cfg
+
+
+def init_without_pretrained(model: nn.Module) -> None:
+    """``model.init_weights()`` as the Runner calls it, with every module's
+    ``Pretrained`` ``init_cfg`` left out: nothing is downloaded and no
+    checkpoint is needed, the other initialisers (the heads' normal, constant
+    and bias-prior ones) run as in training."""
+    for module in model.modules():
+        if getattr(module, 'init_cfg', None) is not None:
+            module.init_cfg = _drop_pretrained(module.init_cfg)
+    if not hasattr(model, 'init_weights'):
+        return
+    # init_weights logs every parameter at INFO: not the census's output.
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+
+
 def _left_plain(skipped: Dict[str, str]) -> Dict[str, str]:
     """Non-pointwise ``nn.Conv2d`` left plain, with the reason."""
     other_kind = UNSUPPORTED_KIND.split('{}')[0]  # listed in other_convs
@@ -307,6 +342,10 @@ def _census(row: CensusRow, config_path: str, seed: int, switch: dict,
         # copy for each build, completed as the Runner completes it.
         model = revert_sync_batchnorm(MODELS.build(runner_model_config(cfg)))
         plain = revert_sync_batchnorm(MODELS.build(runner_model_config(cfg)))
+        # The Runner's initialisation, not PyTorch's defaults: heads rely on
+        # it (Sparse R-CNN's box regression, left at nn.Linear's default,
+        # turns its learned proposals into boxes of negative size).
+        init_without_pretrained(model)
     row.model = type(model).__name__
     report = convert_to_doconv(model, **switch)
     row.converted = len(report.converted)
