@@ -12,6 +12,7 @@ backward: one more composition per layer and step, which costs time where
 the conv is cheap next to its kernel (small maps, many channels;
 docs/en/advanced_guides/performance.md has both).
 """
+import contextlib
 import threading
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -140,8 +141,13 @@ def _composed_conv(conv_input: Tensor, weight: Tensor,
     """
     (kernel_size, stride, padding, dilation, groups,
      autocast_dtype) = conv_args
-    with torch.autocast(conv_input.device.type, enabled=False):
-        backend = fused_backend(weight) if reuse_memory else None
+    device_type = conv_input.device.type
+    # Entering autocast costs microseconds per layer: only where it is on.
+    with torch.autocast(device_type, enabled=False) \
+            if torch.is_autocast_enabled(device_type) \
+            else contextlib.nullcontext():
+        backend = fused_backend(weight, tracing_checked=True) \
+            if reuse_memory else None
         if backend is not None and is_tiled_identity(identity):
             kernel = _compose_in_memory(weight, d_minus_identity,
                                         kernel_size, groups, backend)
@@ -184,7 +190,9 @@ def _recompose(weight: Tensor, d_minus_identity: Tensor, identity: Tensor,
     out_channels, in_per_group = weight.shape[:2]
     rows = weight.reshape(out_channels, in_per_group,
                           d_minus_identity.shape[-1])
-    backend = fused_backend(weight)
+    # Only RecomposingConv2d's backward gets here: never under TorchScript
+    # or ONNX tracing (the layer does not recompose while they record).
+    backend = fused_backend(weight, tracing_checked=True)
     if backend is not None and is_tiled_identity(identity):
         kernel = _compose_in_memory(weight, d_minus_identity, kernel_size,
                                     groups, backend) if need_kernel else None

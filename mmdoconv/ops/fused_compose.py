@@ -24,7 +24,7 @@ from mmengine.logging import print_log
 from torch import Tensor
 
 from .extension import load_extension
-from .tracing import is_tracing
+from .tracing import is_capturing_graph, is_tracing
 
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 #: Values of MMDOCONV_COMPOSE.
@@ -67,9 +67,18 @@ def compose_choice() -> str:
     return _env_choice
 
 
-def fused_backend(weight: Tensor) -> Optional[str]:
-    """``'cpp'``, ``'triton'`` or ``None`` (pure PyTorch) for this weight."""
-    if _forced == 'torch' or is_tracing() or weight.dtype not in _FUSED_DTYPES:
+def fused_backend(weight: Tensor, tracing_checked: bool = False
+                  ) -> Optional[str]:
+    """``'cpp'``, ``'triton'`` or ``None`` (pure PyTorch) for this weight.
+
+    ``tracing_checked``: the caller runs only where TorchScript and ONNX
+    export do not trace (the recomposing layer's ``autograd.Function``), so
+    those checks, a few microseconds per call and two calls per layer and
+    step, are skipped; FX, ``torch.compile`` and ``torch.export`` (compiled
+    autograd traces backwards too) are still asked.
+    """
+    if _forced == 'torch' or weight.dtype not in _FUSED_DTYPES or (
+            is_capturing_graph() if tracing_checked else is_tracing()):
         return None
     device = weight.device.type
     choice = compose_choice()
@@ -157,6 +166,11 @@ def _reference_compose(weight: Tensor, d_full: Tensor, grad: Tensor,
     return composed, grad_weight, grad_d
 
 
+def _as_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    # Tensor.to is a few microseconds even when it returns the tensor itself.
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     # Half-precision parameters compose in float32 and round once at the end.
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -202,14 +216,14 @@ def compose_rows(weight: Tensor, d_full: Tensor, groups: int, backend: str,
             kernels add on the fly instead of materialising D + I.
     """
     dtype = _compute_dtype(weight.dtype)
-    d_full = _full_d(d_full, identity, backend).to(dtype)
+    d_full = _as_dtype(_full_d(d_full, identity, backend), dtype)
     options = dict(identity=True) if identity and backend == 'cpp' else {}
     if backend == 'cpp' and out is not None and weight.dtype == dtype:
         return _ops(backend).compose_forward(weight, d_full, groups, out,
                                              **options)
-    out = _ops(backend).compose_forward(weight.to(dtype), d_full, groups,
-                                        **options)
-    return out.to(weight.dtype)
+    out = _ops(backend).compose_forward(_as_dtype(weight, dtype), d_full,
+                                        groups, **options)
+    return _as_dtype(out, weight.dtype)
 
 
 def compose_rows_backward(grad: Tensor, weight: Tensor, d_full: Tensor,
@@ -224,19 +238,19 @@ def compose_rows_backward(grad: Tensor, weight: Tensor, d_full: Tensor,
     ``identity`` as for :func:`compose_rows` (grad D is the same either way).
     """
     dtype = _compute_dtype(weight.dtype)
-    d_compute = _full_d(d_full, identity, backend).to(dtype)
+    d_compute = _as_dtype(_full_d(d_full, identity, backend), dtype)
+    grad, weight_compute = _as_dtype(grad, dtype), _as_dtype(weight, dtype)
     if backend == 'cpp':
         grad_weight, grad_d = _ops(backend).compose_backward(
-            grad.to(dtype), weight.to(dtype), d_compute, groups,
-            need_weight, need_d, in_place, identity)
+            grad, weight_compute, d_compute, groups, need_weight, need_d,
+            in_place, identity)
     else:
         grad_weight, grad_d = _ops(backend).compose_backward(
-            grad.to(dtype), weight.to(dtype), d_compute, groups,
-            need_weight, need_d)
+            grad, weight_compute, d_compute, groups, need_weight, need_d)
     if grad_weight is not None:
-        grad_weight = grad_weight.to(weight.dtype)
+        grad_weight = _as_dtype(grad_weight, weight.dtype)
     if grad_d is not None:
-        grad_d = grad_d.to(d_full.dtype)
+        grad_d = _as_dtype(grad_d, d_full.dtype)
     return grad_weight, grad_d
 
 
