@@ -237,3 +237,19 @@ def test_tensor_loss_reaches_every_output():
     maps = [torch.randn(2, 3, 4, 4, requires_grad=True) for _ in range(2)]
     tensor_loss((maps[0], [maps[1]]), labels).backward()
     assert all(m.grad is not None and m.grad.abs().sum() > 0 for m in maps)
+
+
+def test_benchmark_builds_configs_with_pretrained_init_offline():
+    """Configs whose backbone starts from pretrained weights (mmseg's
+    DeepLabv3: ``open-mmlab://resnet18_v1c``) are initialised as the Runner
+    initialises them, without the download: nothing can be fetched here,
+    and calling ``init_weights()`` as it stands raised a URLError."""
+    from workshop.benchmark_configs import benchmark_config
+    config = ('mmseg::deeplabv3/deeplabv3_r18-d8_4xb2-80k_cityscapes-'
+              '512x1024.py')
+    row = benchmark_config(config, repeats=1, warmup=0, batch=2, size=64,
+                           rss_steps=0)
+    assert row['model'] == 'EncoderDecoder' and row['converted'] == 24
+    assert row['added_params'] > 0
+    assert all(len(row['train'][v]['samples']) == 1
+               for v in ('plain', 'doconv'))

@@ -20,7 +20,6 @@ import contextlib
 import copy
 import io
 import json
-import logging
 import os.path as osp
 import statistics
 import subprocess
@@ -31,7 +30,6 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.registry import MODELS, DefaultScope
 from torch import nn
 
@@ -75,29 +73,22 @@ def resolve_config(name: str) -> str:
 
 
 def build_plain(config_path: str) -> Tuple[nn.Module, str]:
-    """The config's model, initialised as its registry builds it, and its
-    scope."""
+    """The config's model, initialised as the Runner initialises it (no
+    ``Pretrained`` weights: nothing is downloaded), and its scope."""
     from mmengine.model import revert_sync_batchnorm
 
     from mmdoconv.utils.cli import runner_model_config
+    from workshop.census import init_without_pretrained
     cfg = Config.fromfile(config_path)
     scope = import_scope(cfg)
-    # init_weights logs every parameter through the current logger, and the
-    # upstream libraries print and warn while building: the benchmark's
+    # The upstream libraries print and warn while building: the benchmark's
     # output is its progress lines and tables.
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with DefaultScope.overwrite_default_scope(scope), \
-                contextlib.redirect_stdout(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            model = revert_sync_batchnorm(
-                MODELS.build(runner_model_config(cfg)))
-            model.init_weights()
-    finally:
-        logger.setLevel(level)
+    with DefaultScope.overwrite_default_scope(scope), \
+            contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = revert_sync_batchnorm(MODELS.build(runner_model_config(cfg)))
+        init_without_pretrained(model)
     return model, scope
 
 
@@ -239,14 +230,14 @@ def config_table(results: List[Dict]) -> str:
 def _peak_rss_main(config_path: str, variant: str, steps: int, batch: int,
                    size: int) -> None:
     """One variant's train steps in this (fresh) process; prints JSON."""
-    from workshop.benchmark_models import _peak_rss_kib
+    from workshop.benchmark_models import peak_rss_kib
     models, _ = build_variants(config_path, (variant, ))
     inputs, labels = random_batch(batch, size, torch.device('cpu'))
     step = train_step(models[variant], inputs, labels)
     for _ in range(steps):
         step()
     print(json.dumps(dict(config=config_path, variant=variant,
-                          peak_rss_mb=_peak_rss_kib() / 1024)))
+                          peak_rss_mb=peak_rss_kib() / 1024)))
 
 
 if __name__ == '__main__':

@@ -270,10 +270,10 @@ def _peak_rss_main(kind: str, variant: str, steps: int, amp: bool) -> None:
         for _ in range(steps):
             step()
     print(json.dumps(dict(kind=kind, variant=variant,
-                          peak_rss_mb=_peak_rss_kib() / 1024)))
+                          peak_rss_mb=peak_rss_kib() / 1024)))
 
 
-def _peak_rss_kib() -> int:
+def peak_rss_kib() -> int:
     """This process's resident-set high-water mark (VmHWM).
 
     Not ``getrusage().ru_maxrss``: Linux carries the parent's high-water mark
