@@ -253,3 +253,23 @@ def test_benchmark_builds_configs_with_pretrained_init_offline():
     assert row['added_params'] > 0
     assert all(len(row['train'][v]['samples']) == 1
                for v in ('plain', 'doconv'))
+
+
+def test_a_config_that_cannot_be_timed_keeps_its_row_and_the_run_goes_on(
+        tmp_path):
+    """Faster R-CNN's tensor-mode forward reads image metas a bare batch
+    does not carry: its row names why it was not timed, the next config is
+    timed and the JSON is written (it was a traceback that lost the run)."""
+    out = tmp_path / 'det.json'
+    printed = run_tool(
+        'tools/analysis_tools/benchmark.py', '--shapes', '--models',
+        'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+        'mmpretrain::resnet/resnet18_8xb32_in1k.py', '--model-repeats', '1',
+        '--model-batch', '2', '--model-size', '32', '--rss-runs', '1',
+        '--out', str(out)).stdout
+    first, second = json.loads(out.read_text())['configs']
+    assert 'tensor-mode train step' in first['error']
+    assert 'TypeError' in first['error'] and '--models det' in first['error']
+    assert second['converted'] == 17 and 'error' not in second
+    assert '| faster-rcnn_r50_fpn_1x_coco | not timed: ' in printed
+    assert '| resnet18_8xb32_in1k | 17 |' in printed

@@ -44,6 +44,10 @@ _ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 VARIANTS = ('plain', 'doconv')
 
 
+class UntimeableConfig(RuntimeError):
+    """A config whose model this benchmark's train step cannot run."""
+
+
 def read_model_list(path: str) -> List[str]:
     """Config names of a zoo list file: one per line, ``#`` comments."""
     with open(path) as f:
@@ -174,6 +178,18 @@ def benchmark_config(name: str, repeats: int = 11, warmup: int = 2,
     inputs, labels = random_batch(batch, size, device)
     steps = {v: train_step(m.to(device), inputs, labels)
              for v, m in models.items()}
+    try:
+        steps['plain']()
+    except Exception as error:  # noqa: BLE001 - reported in the row
+        # Two-stage detectors' tensor forward reads data samples (image
+        # metas) that a bare batch does not carry.
+        raise UntimeableConfig(
+            f"its tensor-mode train step on a bare {batch}x3x{size}x{size} "
+            f'batch fails ({type(error).__name__}: '
+            f'{str(error).strip().splitlines()[0] if str(error) else ""}); '
+            'two-stage detectors need image metas: --models det times '
+            'Faster R-CNN through the Runner') \
+            from error
     train = interleaved_medians(steps, repeats, warmup, device)
     if device.type == 'cpu' and rss_steps:
         samples = {v: [] for v in VARIANTS}
@@ -190,13 +206,19 @@ def benchmark_config(name: str, repeats: int = 11, warmup: int = 2,
 def benchmark_configs(names: List[str], repeats: int = 11, batch: int = 8,
                       size: int = 224, device: str = 'cpu',
                       rss_runs: int = 1) -> List[Dict]:
+    """:func:`benchmark_config` of each config; a config whose model cannot
+    be timed this way keeps its row, with the reason, and the others run."""
     results = []
     for index, name in enumerate(names, 1):
         print(f'[config {index}/{len(names)}] {name} (batch {batch}, '
               f'{size}x{size}, {repeats} rounds)', flush=True)
-        results.append(benchmark_config(name, repeats, batch=batch,
-                                        size=size, device=device,
-                                        rss_runs=rss_runs))
+        try:
+            results.append(benchmark_config(name, repeats, batch=batch,
+                                            size=size, device=device,
+                                            rss_runs=rss_runs))
+        except UntimeableConfig as error:
+            print(f'  not timed: {error}', flush=True)
+            results.append(dict(config=name, error=str(error)))
     return results
 
 
@@ -212,6 +234,10 @@ def config_table(results: List[Dict]) -> str:
              'memory MiB: plain, DO-Conv (ratio) |',
              '|---|---|---|---|---|---|---|---|']
     for r in results:
+        if r.get('error'):
+            lines.append(f'| {_short_name(r["config"])} | not timed: '
+                         f'{r["error"]} | | | | | | |')
+            continue
         plain, doconv = r['train']['plain'], r['train']['doconv']
         low, high = ratio_spread(doconv, plain)
         peak = 'n/a'
