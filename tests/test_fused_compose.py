@@ -470,3 +470,7 @@ def test_the_kernels_add_only_the_tiled_identity():
         got = compose_kernel(weight, d_minus_identity, eye, (3, 3), 1)
         torch.testing.assert_close(got.reshape(8, 4, 9), expected,
                                    rtol=1e-5, atol=1e-5)
+    # Only the C++ kernels add the identity; the others must be handed D + I.
+    from mmdoconv.ops.fused_compose import compose_rows
+    with pytest.raises(ValueError, match="got 'triton'"):
+        compose_rows(weight, d_minus_identity, 1, 'triton', identity=True)

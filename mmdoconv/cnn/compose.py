@@ -84,6 +84,17 @@ def is_tiled_identity(identity: Tensor) -> bool:
     return result
 
 
+def fused_kernel_d(d_minus_identity: Tensor, identity: Tensor,
+                   backend: str) -> Tuple[Tensor, bool]:
+    """What the fused kernels of ``backend`` take for D, and whether they add
+    the identity themselves: the C++ kernels take ``D - I`` when
+    ``identity`` is the tiled identity (no D + I materialised), every other
+    case gets ``D + I``."""
+    if backend == 'cpp' and is_tiled_identity(identity):
+        return d_minus_identity, True
+    return d_minus_identity + identity, False  # broadcast over channels
+
+
 def weight_for_kernel(kernel: Tensor, d_mul: int) -> Tensor:
     """The ``W`` of a DO-Conv layer that composes to ``kernel`` at D = I.
 
@@ -197,17 +208,14 @@ def compose_kernel(weight: Tensor, d_minus_identity: Tensor,
     d_mul = d_minus_identity.shape[-1]
     weight_rows = weight.reshape(out_channels, in_per_group, d_mul)
     backend = fused_backend(weight)
-    if backend is not None and is_tiled_identity(identity):
-        # The fused kernels add the identity themselves (the C++ ones
-        # without materialising D + I).
-        composed = fused_compose(weight_rows, d_minus_identity, groups,
-                                 backend, identity=True)
+    if backend is not None:
+        d, adds_identity = fused_kernel_d(d_minus_identity, identity, backend)
+        composed = fused_compose(weight_rows, d, groups, backend,
+                                 identity=adds_identity)
     else:
         # D + I is C_in*(M*N)*D_mul numbers, far fewer than W's
         # C_out*C_in*M*N: materialising it is cheaper than adding D's
         # product to W.
-        d_full = d_minus_identity + identity  # broadcast over input channels
-        composed = fused_compose(weight_rows, d_full, groups, backend) \
-            if backend is not None else compose_grouped(weight_rows, d_full,
-                                                        groups)
+        composed = compose_grouped(weight_rows, d_minus_identity + identity,
+                                   groups)
     return composed.reshape(out_channels, in_per_group, kernel_h, kernel_w)

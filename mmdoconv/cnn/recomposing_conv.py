@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..ops.fused_compose import (compose_rows, compose_rows_backward,
                                  fused_backend)
-from .compose import compose_kernel, is_tiled_identity
+from .compose import compose_kernel, fused_kernel_d
 
 
 _workspaces = threading.local()
@@ -148,9 +148,10 @@ def _composed_conv(conv_input: Tensor, weight: Tensor,
             else contextlib.nullcontext():
         backend = fused_backend(weight, tracing_checked=True) \
             if reuse_memory else None
-        if backend is not None and is_tiled_identity(identity):
-            kernel = _compose_in_memory(weight, d_minus_identity,
-                                        kernel_size, groups, backend)
+        if backend is not None:
+            kernel = _compose_in_memory(
+                weight, *fused_kernel_d(d_minus_identity, identity, backend),
+                kernel_size, groups, backend)
         else:
             kernel = compose_kernel(weight, d_minus_identity, identity,
                                     kernel_size, groups)
@@ -159,20 +160,19 @@ def _composed_conv(conv_input: Tensor, weight: Tensor,
                         padding, dilation, groups)
 
 
-def _compose_in_memory(weight: Tensor, d_minus_identity: Tensor,
+def _compose_in_memory(weight: Tensor, d: Tensor, adds_identity: bool,
                        kernel_size: Tuple[int, int], groups: int,
                        backend: str) -> Tensor:
-    """``W'`` from the fused kernel (which adds the tiled identity to
-    ``D - I`` itself), written into :func:`_kernel_memory` where there is
-    one (CPU), without autograd."""
+    """``W'`` from the fused kernel, written into :func:`_kernel_memory`
+    where there is one (CPU), without autograd; ``d, adds_identity`` as
+    :func:`~mmdoconv.cnn.compose.fused_kernel_d` gives them."""
     out_channels, in_per_group = weight.shape[:2]
-    rows = weight.reshape(out_channels, in_per_group,
-                          d_minus_identity.shape[-1])
+    rows = weight.reshape(out_channels, in_per_group, d.shape[-1])
     memory = _kernel_memory(
         weight, out_channels * in_per_group * kernel_size[0] * kernel_size[1])
-    return compose_rows(rows, d_minus_identity, groups, backend, out=memory,
-                        identity=True).reshape(out_channels, in_per_group,
-                                               *kernel_size)
+    return compose_rows(rows, d, groups, backend, out=memory,
+                        identity=adds_identity).reshape(
+                            out_channels, in_per_group, *kernel_size)
 
 
 def _recompose(weight: Tensor, d_minus_identity: Tensor, identity: Tensor,
@@ -193,17 +193,18 @@ def _recompose(weight: Tensor, d_minus_identity: Tensor, identity: Tensor,
     # Only RecomposingConv2d's backward gets here: never under TorchScript
     # or ONNX tracing (the layer does not recompose while they record).
     backend = fused_backend(weight, tracing_checked=True)
-    if backend is not None and is_tiled_identity(identity):
-        kernel = _compose_in_memory(weight, d_minus_identity, kernel_size,
+    if backend is not None:
+        d, adds_identity = fused_kernel_d(d_minus_identity, identity, backend)
+        kernel = _compose_in_memory(weight, d, adds_identity, kernel_size,
                                     groups, backend) if need_kernel else None
 
         def gradients(grad_kernel: Tensor):
             # grad W' is this backward's own tensor: grad W may take its
-            # memory.
+            # memory.  (grad D is grad of D - I: the identity is constant.)
             grad_rows, grad_d = compose_rows_backward(
                 grad_kernel.reshape(out_channels, in_per_group, -1), rows,
-                d_minus_identity, groups, backend, need_weight, need_d,
-                in_place=True, identity=True)
+                d, groups, backend, need_weight, need_d, in_place=True,
+                identity=adds_identity)
             if grad_rows is not None:
                 grad_rows = grad_rows.reshape(weight.shape)
             return grad_rows, grad_d

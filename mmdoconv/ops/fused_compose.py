@@ -176,26 +176,11 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _tiled_identity(d: Tensor) -> Tensor:
-    """The identity part of a ``(C_in, M*N, D_mul)`` D (see
-    :func:`~mmdoconv.cnn.compose.doconv_identity`), in D's dtype."""
-    positions, d_mul = d.shape[1:]
-    repeats = d_mul // positions
-    eye = torch.eye(positions, dtype=d.dtype, device=d.device)
-    tiled = eye.repeat(1, repeats)
-    if d_mul > repeats * positions:
-        tiled = torch.cat(
-            [tiled, tiled.new_zeros(positions, d_mul - repeats * positions)],
-            dim=1)
-    return tiled
-
-
-def _full_d(d: Tensor, identity: bool, backend: str) -> Tensor:
-    """What to hand ``backend`` for D: the C++ kernels add the tiled
-    identity themselves (``identity=True``); the Triton kernels take D + I."""
+def _check_identity_backend(identity: bool, backend: str) -> None:
     if identity and backend != 'cpp':
-        return d + _tiled_identity(d)
-    return d
+        raise ValueError(f"identity=True needs the 'cpp' backend (the C++ "
+                         f'kernels add the identity themselves), but got '
+                         f'{backend!r}: hand it D + I instead')
 
 
 def compose_rows(weight: Tensor, d_full: Tensor, groups: int, backend: str,
@@ -210,14 +195,15 @@ def compose_rows(weight: Tensor, d_full: Tensor, groups: int, backend: str,
         out: Optional memory for ``W'`` (contiguous, W's dtype, at least as
             many elements), used by the C++ kernel where W composes in its
             own dtype (float32, float64); the result is then a view of it.
-        identity: ``d_full`` is ``D - I`` (the layer's parameter); the
-            composition uses ``d_full`` + the tiled identity
-            (:func:`~mmdoconv.cnn.compose.doconv_identity`), which the C++
-            kernels add on the fly instead of materialising D + I.
+        identity: ``d_full`` is ``D - I`` (the layer's parameter) and the
+            C++ kernels (``backend='cpp'`` only) add the tiled identity
+            (:func:`~mmdoconv.cnn.compose.doconv_identity`) on the fly
+            instead of materialising D + I.
     """
+    _check_identity_backend(identity, backend)
     dtype = _compute_dtype(weight.dtype)
-    d_full = _as_dtype(_full_d(d_full, identity, backend), dtype)
-    options = dict(identity=True) if identity and backend == 'cpp' else {}
+    d_full = _as_dtype(d_full, dtype)
+    options = dict(identity=True) if identity else {}
     if backend == 'cpp' and out is not None and weight.dtype == dtype:
         return _ops(backend).compose_forward(weight, d_full, groups, out,
                                              **options)
@@ -237,8 +223,9 @@ def compose_rows_backward(grad: Tensor, weight: Tensor, d_full: Tensor,
     may write grad W over it (saves one allocation of W's size).
     ``identity`` as for :func:`compose_rows` (grad D is the same either way).
     """
+    _check_identity_backend(identity, backend)
     dtype = _compute_dtype(weight.dtype)
-    d_compute = _as_dtype(_full_d(d_full, identity, backend), dtype)
+    d_compute = _as_dtype(d_full, dtype)
     grad, weight_compute = _as_dtype(grad, dtype), _as_dtype(weight, dtype)
     if backend == 'cpp':
         grad_weight, grad_d = _ops(backend).compose_backward(
