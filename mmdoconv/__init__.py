@@ -1,6 +1,7 @@
 """mmdoconv: DO-Conv (arXiv 2006.12030) for OpenMMLab.
 
-Importing this package registers the ``DOConv`` conv type in mmengine's root
+Importing this package registers the ``DOConv`` conv type (and the 1-D,
+3-D and transposed layers) in mmengine's root
 MODELS registry (so ``conv_cfg=dict(type='DOConv')`` works in mmdet, mmseg
 and mmpretrain configs), the fold hook, the CPU runtime helpers, and safe
 loaders for every checkpoint scheme mmengine knows.
@@ -13,8 +14,10 @@ Layout: :mod:`mmdoconv.cnn` (the layer and its maths),
 """
 import importlib.util
 
-from .cnn import (ConversionReport, DOConv, DOConv2d, compose_kernel,
-                  convert_to_doconv, doconv_identity)
+from .cnn import (ConversionReport, DOConv, DOConv1d, DOConv2d, DOConv3d,
+                  DOConvLayer, DOConvTranspose1d, DOConvTranspose2d,
+                  DOConvTranspose3d, compose_kernel, convert_to_doconv,
+                  doconv_identity)
 from .cnn.doconv import IncompatibleCheckpointError
 from .deploy import count_doconv, fold_doconv, fold_state_dict, \
     swap_in_folded
@@ -41,7 +44,9 @@ register_safe_loaders()
 register_fold_on_load()
 
 __all__ = [
-    'DOConv2d', 'DOConv', 'compose_kernel', 'doconv_identity',
+    'DOConv2d', 'DOConv', 'DOConvLayer', 'DOConv1d', 'DOConv3d',
+    'DOConvTranspose1d', 'DOConvTranspose2d', 'DOConvTranspose3d',
+    'compose_kernel', 'doconv_identity',
     'convert_to_doconv', 'ConversionReport',
     'fold_doconv', 'fold_state_dict', 'count_doconv', 'swap_in_folded',
     'DOConvFoldHook', 'DOConvRunner', 'apply_doconv_switch',

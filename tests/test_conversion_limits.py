@@ -119,16 +119,38 @@ def test_adaptive_padding_convs_convert_and_fold_back_to_their_class(d_mul):
     assert F.mse_loss(again(x), folded) == 0
 
 
-def test_other_conv_kinds_are_named_as_left_plain():
+def test_every_conv_kind_is_converted_and_kinds_leaves_one_out():
     """``nn.Sequential(nn.ConvTranspose2d(4, 6, 3))`` was reported as
-    "converted 0 ...; left plain: none", as if the model had no conv."""
-    model = nn.Sequential(nn.ConvTranspose2d(4, 6, 3), nn.Conv1d(4, 4, 3),
-                          nn.Conv3d(4, 4, 3), nn.ConvTranspose2d(4, 4, 1),
-                          nn.Conv2d(4, 4, 3))
-    report = convert_to_doconv(model)
+    "converted 0 ...; left plain: none"; transposed, 1-D and 3-D convs now
+    convert (mutation: dropping a kind from CONV_KINDS fails), ``kinds``
+    leaves the others plain and named, and a conv of no known kind is still
+    named."""
+
+    class OwnKind(nn.modules.conv._ConvNd):  # a direct _ConvNd subclass
+        pass
+
+    def model():
+        own = OwnKind(4, 4, (3, ), (1, ), (0, ), (1, ), False, (0, ), 1,
+                      True, 'zeros')
+        return nn.Sequential(nn.ConvTranspose2d(4, 6, 3), nn.Conv1d(4, 4, 3),
+                             nn.Conv3d(4, 4, 3), nn.ConvTranspose2d(4, 4, 1),
+                             nn.Conv2d(4, 4, 3), nn.ConvTranspose1d(4, 4, 2),
+                             nn.ConvTranspose3d(4, 4, 2), own)
+
+    everything = model()
+    report = convert_to_doconv(everything)
+    assert report.converted == ['0', '1', '2', '4', '5', '6']
+    assert report.skipped == {'3': 'pointwise (1x1)',
+                              '7': 'no DO-Conv layer for OwnKind yet'}
+    assert [type(everything[i]).__name__ for i in (0, 1, 2, 5, 6)] == [
+        'DOConvTranspose2d', 'DOConv1d', 'DOConv3d', 'DOConvTranspose1d',
+        'DOConvTranspose3d']
+    only_2d = model()
+    report = convert_to_doconv(only_2d, kinds=['Conv2d'])
     assert report.converted == ['4']
-    assert report.skipped == {
-        '0': 'no DO-Conv layer for ConvTranspose2d yet',
-        '1': 'no DO-Conv layer for Conv1d yet',
-        '2': 'no DO-Conv layer for Conv3d yet'}
-    assert 'left plain: 1 no DO-Conv layer for Conv1d yet' in str(report)
+    assert report.skipped['0'] == 'kind not converted (ConvTranspose2d)'
+    assert report.skipped['2'] == 'kind not converted (Conv3d)'
+    assert 'left plain: 1 kind not converted (Conv1d)' in str(report)
+    with pytest.raises(ValueError, match=r"kinds must name conv kinds .*"
+                       r"'Conv4d'"):
+        convert_to_doconv(model(), kinds=['Conv2d', 'Conv4d'])

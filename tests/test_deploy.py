@@ -258,19 +258,30 @@ def test_plain_config_strips_every_layer_and_switch_option():
         runner_type='DOConvRunner',
         doconv=dict(include=['backbone'], exclude=['neck'], D_mul=16,
                     D_init='random', recompute_kernel=False,
-                    max_d_params=10**6),
+                    max_d_params=10**6, kinds=['Conv2d']),
         model=dict(
             conv_cfg=dict(type='DOConv', **LAYER_OPTIONS),
             layer=dict(type='DOConv2d', in_channels=2, out_channels=4,
-                       kernel_size=3, **LAYER_OPTIONS))))
+                       kernel_size=3, **LAYER_OPTIONS),
+            others=[dict(type=name, in_channels=2, out_channels=4,
+                         kernel_size=3, **LAYER_OPTIONS)
+                    for name in ('DOConv1d', 'DOConv3d', 'DOConvTranspose2d',
+                                 'DOConvTranspose3d')])))
     assert set(cfg.doconv) == set(SWITCH_OPTIONS)
     plain = plain_config(cfg)
     assert 'runner_type' not in plain and 'doconv' not in plain
     assert plain.model.conv_cfg is None
     assert plain.model.layer == dict(type='Conv2d', in_channels=2,
                                      out_channels=4, kernel_size=3)
+    assert [layer['type'] for layer in plain.model.others] == [
+        'Conv1d', 'Conv3d', 'deconv', 'deconv3d']
+    assert all(set(layer) == {'type', 'in_channels', 'out_channels',
+                              'kernel_size'} for layer in plain.model.others)
     from mmcv.cnn import build_conv_layer
     layer = build_conv_layer(plain.model.conv_cfg, 2, 4, 3)
     assert type(layer) is torch.nn.Conv2d
     with DefaultScope.overwrite_default_scope('mmdet'):
         assert type(MODELS.build(plain.model.layer)).__name__ == 'Conv2d'
+        assert [type(MODELS.build(layer)).__name__
+                for layer in plain.model.others] == [
+            'Conv1d', 'Conv3d', 'ConvTranspose2d', 'ConvTranspose3d']

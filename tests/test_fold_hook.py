@@ -211,7 +211,7 @@ def test_model_without_doconv_warns_once(tmp_path, caplog):
         runner.test()
     finally:
         logger.removeHandler(handler)
-    warnings = [m for m in messages if 'no DOConv2d layer' in m]
+    warnings = [m for m in messages if 'no DO-Conv layer' in m]
     assert len(warnings) == 1
     assert not glob.glob(str(tmp_path / '*_folded.pth'))
 

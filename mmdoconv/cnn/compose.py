@@ -219,3 +219,42 @@ def compose_kernel(weight: Tensor, d_minus_identity: Tensor,
         composed = compose_grouped(weight_rows, d_minus_identity + identity,
                                    groups)
     return composed.reshape(out_channels, in_per_group, kernel_h, kernel_w)
+
+
+def compose_any_kernel(weight: Tensor, d_minus_identity: Tensor,
+                       identity: Tensor, kernel_size: Tuple[int, ...],
+                       groups: int, transposed: bool = False) -> Tensor:
+    """:func:`compose_kernel` for a conv of any kind: 1-D, 2-D, 3-D, plain
+    or transposed.
+
+    The composition only sees the kernel's ``K`` positions (``M*N`` in 2-D,
+    the kernel's volume in general), so every kind composes as a 2-D kernel
+    of ``K x 1`` positions.  A transposed conv's weight is
+    ``(C_in, C_out/groups, *kernel)``: input channel ``i`` owns ``D[i]`` and
+    the block ``W[i]`` of every output it feeds, which is the composition of
+    the ``(C_out/groups, C_in, D_mul)`` weight as one group.
+
+    Args:
+        weight: ``W``, ``(A, B, *kernel_size)`` when ``D_mul == K`` or
+            ``(A, B, 1, ..., 1, D_mul)``; ``A, B`` are ``C_out, C_in/groups``
+            (``C_in, C_out/groups`` when ``transposed``).
+        d_minus_identity: ``D - I``, ``(C_in, K, D_mul)``.
+        identity: ``(K, D_mul)`` (:func:`doconv_identity`).
+        kernel_size: The kernel's extents.
+        groups: Number of conv groups.
+        transposed: Whether ``weight`` is a transposed conv's.
+
+    Returns:
+        ``W'``, ``(A, B, *kernel_size)``.
+    """
+    first, second = weight.shape[:2]
+    kernel_numel = d_minus_identity.shape[1]
+    rows = weight.reshape(first, second, -1)
+    if transposed:
+        rows = rows.transpose(0, 1).contiguous()
+        composed = compose_kernel(rows, d_minus_identity, identity,
+                                  (kernel_numel, 1), 1)
+        return composed.reshape(second, first, *kernel_size).transpose(0, 1)
+    composed = compose_kernel(rows, d_minus_identity, identity,
+                              (kernel_numel, 1), groups)
+    return composed.reshape(first, second, *kernel_size)

@@ -10,18 +10,30 @@ import fnmatch
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
 from torch import nn
 
 from .compose import doconv_identity, weight_for_kernel
-from .doconv import (DOConv2d, check_d_init, check_recompute_kernel,
-                     resolve_d_mul)
+from .doconv import (DOConv2d, DOConvLayer, check_d_init,
+                     check_recompute_kernel, resolve_d_mul)
+from .doconv_nd import DOCONV_LAYERS, resolve_d_mul_nd
 
 Patterns = Union[None, str, Sequence[str]]
-#: The reason a conv of another kind (transposed, 1-D, 3-D) is left plain.
+#: The conv kinds the switch converts (``kinds=`` names them), each the
+#: ``nn`` class a conv is an instance of.
+CONV_KINDS = {
+    'Conv1d': nn.Conv1d,
+    'Conv2d': nn.Conv2d,
+    'Conv3d': nn.Conv3d,
+    'ConvTranspose1d': nn.ConvTranspose1d,
+    'ConvTranspose2d': nn.ConvTranspose2d,
+    'ConvTranspose3d': nn.ConvTranspose3d,
+}
+#: The reason a conv of no kind above (a direct ``_ConvNd`` subclass) is
+#: left plain.
 UNSUPPORTED_KIND = 'no DO-Conv layer for {} yet'
 #: The parameters a conversion may add whatever the model's size (64 MiB in
 #: float32): small and narrow models' D can outgrow their W.
@@ -33,7 +45,7 @@ class ConversionReport:
     """What :func:`convert_to_doconv` did.
 
     Attributes:
-        converted: Names of the convs that became :class:`DOConv2d`.
+        converted: Names of the convs that became DO-Conv layers.
         skipped: ``{name: reason}`` of the convs left as they are.
         added_params: Parameters the conversion adds (D, and W's padding
             for ``D_mul > M*N``).
@@ -54,13 +66,23 @@ class ConversionReport:
                 f'left plain: {left}')
 
 
-def added_parameters(conv: nn.Conv2d, d_mul: int) -> int:
+def added_parameters(conv: nn.modules.conv._ConvNd, d_mul: int) -> int:
     """Parameters a conversion of ``conv`` with ``d_mul`` adds: D
-    ``(C_in, M*N, D_mul)``, and W's growth from ``M*N`` to ``D_mul``
-    entries per (output, input) pair."""
-    kernel_numel = conv.kernel_size[0] * conv.kernel_size[1]
-    return conv.in_channels * kernel_numel * d_mul + conv.out_channels * (
-        conv.in_channels // conv.groups) * (d_mul - kernel_numel)
+    ``(C_in, K, D_mul)`` for the kernel's ``K`` positions, and W's growth
+    from ``K`` to ``D_mul`` entries per pair of its first two dimensions."""
+    kernel_numel = math.prod(conv.kernel_size)
+    pairs = conv.weight.shape[0] * conv.weight.shape[1]
+    return conv.in_channels * kernel_numel * d_mul + pairs * (
+        d_mul - kernel_numel)
+
+
+def conv_kind(module: nn.Module) -> Optional[str]:
+    """The name in :data:`CONV_KINDS` of the ``nn`` conv class ``module``
+    is an instance of, or None."""
+    for name, base in CONV_KINDS.items():
+        if isinstance(module, base):
+            return name
+    return None
 
 
 def _parametrization(conv: nn.Conv2d) -> Optional[str]:
@@ -90,15 +112,17 @@ def _parametrization(conv: nn.Conv2d) -> Optional[str]:
 
 
 def _same_computation_subclasses() -> tuple:
-    """``nn.Conv2d`` subclasses whose own ``forward`` computes what
-    ``nn.Conv2d`` computes on the torch versions mmdoconv supports."""
+    """``nn`` conv subclasses whose own ``forward`` computes what their
+    ``nn`` class computes on the torch versions mmdoconv supports."""
     try:
-        # mmcv's wrapper (MaskIoUHead, pixel decoders) only special-cases
-        # empty inputs on torch < 1.4, then calls nn.Conv2d.forward.
-        from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
+        # mmcv's wrappers (MaskIoUHead, pixel decoders, mask heads' 'deconv')
+        # only special-case empty inputs on torch < 1.4, then call the nn
+        # class's forward.
+        from mmcv.cnn.bricks import wrappers
     except ImportError:
         return ()
-    return (MMCVConv2d, )
+    return (wrappers.Conv2d, wrappers.Conv3d, wrappers.ConvTranspose2d,
+            wrappers.ConvTranspose3d)
 
 
 def _doconv_twins() -> Dict[type, type]:
@@ -112,12 +136,13 @@ def _doconv_twins() -> Dict[type, type]:
     return {Conv2dAdaptivePadding: DOConv2dAdaptivePadding}
 
 
-def _has_own_forward(conv: nn.Conv2d) -> bool:
+def _has_own_forward(conv: nn.modules.conv._ConvNd, kind: str) -> bool:
     """A subclass that changes how the conv computes (DCN, ConvWS, SAC...)."""
     cls = type(conv)
     if cls in _same_computation_subclasses() or cls in _doconv_twins():
         return False
-    return any(getattr(cls, name) is not getattr(nn.Conv2d, name)
+    base = CONV_KINDS[kind]
+    return any(getattr(cls, name, None) is not getattr(base, name, None)
                for name in ('forward', '_conv_forward'))
 
 
@@ -140,28 +165,51 @@ def _matches(name: str, patterns: List[str]) -> List[str]:
             if any(fnmatch.fnmatchcase(prefix, p) for prefix in prefixes)]
 
 
+def _doconv_class(conv: nn.modules.conv._ConvNd) -> type:
+    twin = _doconv_twins().get(type(conv))
+    if twin is not None:
+        return twin
+    kind = CONV_KINDS[conv_kind(conv)]
+    return DOConv2d if kind is nn.Conv2d else DOCONV_LAYERS[kind]
+
+
+def _resolve_d_mul(d_mul: Union[None, int, str],
+                   kernel_size: Tuple[int, ...]) -> int:
+    return resolve_d_mul(d_mul, kernel_size) if len(kernel_size) == 2 \
+        else resolve_d_mul_nd(d_mul, kernel_size)
+
+
 @torch.no_grad()
-def doconv_like(conv: nn.Conv2d, D_mul: Union[None, int, str] = None,
+def doconv_like(conv: nn.modules.conv._ConvNd,
+                D_mul: Union[None, int, str] = None,
                 D_init: str = 'identity',
-                recompute_kernel: bool = True) -> DOConv2d:
-    """A :class:`DOConv2d` with ``conv``'s hyper-parameters, W and bias
-    (its twin for mmcv's ``Conv2dAdaptivePadding``, which pads as it does).
+                recompute_kernel: bool = True) -> DOConvLayer:
+    """The DO-Conv layer of ``conv``'s kind (:class:`DOConv2d`, its twin for
+    mmcv's ``Conv2dAdaptivePadding``, which pads as it does, or a layer of
+    :mod:`~mmdoconv.cnn.doconv_nd`) with ``conv``'s hyper-parameters, W and
+    bias.
 
     With ``D_init='identity'`` (D = I) it computes exactly what ``conv``
-    computes; for ``D_mul > M*N`` W is padded with zeros, which composes back
+    computes; for ``D_mul > K`` W is padded with zeros, which composes back
     to the same kernel.  Device, dtype and ``requires_grad`` are kept; D
     is trainable exactly when W is.
     """
-    layer = nn.utils.skip_init(
-        _doconv_twins().get(type(conv), DOConv2d), conv.in_channels, conv.out_channels, conv.kernel_size,
+    arguments = dict(
         stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
         groups=conv.groups, bias=conv.bias is not None,
         padding_mode=conv.padding_mode, device=conv.weight.device,
         dtype=conv.weight.dtype, D_mul=D_mul, D_init=D_init,
         recompute_kernel=recompute_kernel)
+    if conv.transposed:
+        arguments['output_padding'] = conv.output_padding
+    layer = nn.utils.skip_init(_doconv_class(conv), conv.in_channels,
+                               conv.out_channels, conv.kernel_size,
+                               **arguments)
     # skip_init leaves every tensor uninitialised: fill all of them.
-    kernel_numel = conv.kernel_size[0] * conv.kernel_size[1]
-    layer.weight.copy_(weight_for_kernel(conv.weight, layer.D_mul))
+    kernel_numel = math.prod(conv.kernel_size)
+    rows = conv.weight.reshape(*conv.weight.shape[:2], 1, kernel_numel)
+    layer.weight.copy_(weight_for_kernel(rows, layer.D_mul).reshape(
+        layer.weight.shape))
     layer.weight.requires_grad_(conv.weight.requires_grad)
     if conv.bias is not None:
         layer.bias.copy_(conv.bias)
@@ -169,8 +217,11 @@ def doconv_like(conv: nn.Conv2d, D_mul: Union[None, int, str] = None,
     layer._identity.copy_(doconv_identity(
         kernel_numel, layer.D_mul, dtype=layer.D.dtype,
         device=layer.D.device))
-    if 'kernel_hw' in layer._buffers:
-        layer.kernel_hw.copy_(torch.tensor(layer.kernel_size))
+    for name, value in (('kernel_hw', layer.kernel_size),
+                        ('kernel_shape', layer.kernel_size),
+                        ('transposed_kernel', True)):
+        if name in layer._buffers:
+            layer._buffers[name].copy_(torch.tensor(value))
     layer.reset_d()
     # A frozen conv (e.g. a backbone's frozen_stages) stays frozen, D too.
     layer.D.requires_grad_(conv.weight.requires_grad)
@@ -184,16 +235,20 @@ def convert_to_doconv(model: nn.Module,
                       D_mul: Union[None, int, str] = None,
                       D_init: str = 'identity',
                       recompute_kernel: bool = True,
-                      max_d_params: Optional[int] = None) -> ConversionReport:
-    """Replace every non-pointwise ``nn.Conv2d`` in ``model`` by DO-Conv.
+                      max_d_params: Optional[int] = None,
+                      kinds: Optional[Sequence[str]] = None
+                      ) -> ConversionReport:
+    """Replace every non-pointwise conv in ``model`` by DO-Conv.
 
-    Converted: ``nn.Conv2d`` itself, subclasses that only change how the
-    layer is built (they inherit ``forward`` and ``_conv_forward``), mmcv's
-    ``Conv2d`` wrapper (its forward differs only on torch < 1.4), and mmcv's
-    ``Conv2dAdaptivePadding`` (to a twin that pads as it does).  Left
-    alone and reported: transposed, 1-D and 3-D convs (no DO-Conv layer for
-    them yet), 1x1 kernels (no spatial patch to over-parameterize,
-    paper §4), convs with their own forward (DCN, ConvWS, SAC, ...), convs
+    Converted, of every kind in :data:`CONV_KINDS` (2-D, 1-D, 3-D and
+    transposed convs; ``kinds`` narrows them): the ``nn`` class itself,
+    subclasses that only change how the layer is built (they inherit
+    ``forward`` and ``_conv_forward``), mmcv's wrappers (``Conv2d``,
+    ``Conv3d``, ``ConvTranspose2d/3d``: their forwards differ only on torch
+    < 1.4), and mmcv's ``Conv2dAdaptivePadding`` (to a twin that pads as it
+    does).  Left alone and reported: kernels of one position (1x1: no
+    spatial patch to over-parameterize, paper §4), convs with their own
+    forward (DCN, ConvWS, SAC, MaskedConv2d ...), convs
     whose weight is parametrized (weight norm, spectral norm: see
     :func:`_parametrization`), layers that are DO-Conv already (so
     converting twice is a no-op), and convs outside ``include`` or inside
@@ -223,23 +278,29 @@ def convert_to_doconv(model: nn.Module,
             the model's own parameter count or :data:`DEFAULT_MAX_D_PARAMS`,
             whichever is larger (a 31x31 depthwise layer's D is 961 times its
             W: RepLKNet-31B would gain about 5 G parameters).
+        kinds: Names from :data:`CONV_KINDS` (``'Conv2d'``,
+            ``'ConvTranspose2d'``, ``'Conv3d'`` ...) of the conv kinds to
+            convert; every kind when None.  Convs of the other kinds stay
+            plain, reported as ``kind not converted (<kind>)``.
 
     Returns:
         A :class:`ConversionReport`.
 
     Raises:
         ValueError: If an ``include`` / ``exclude`` pattern matches no module
-            (naming it), ``D_mul`` / ``D_init`` is invalid, or the conversion
+            (naming it), ``kinds`` names an unknown kind, ``D_mul`` /
+            ``D_init`` is invalid, or the conversion
             would add more than ``max_d_params`` parameters (naming the
             largest layers and how to leave them out).
         TypeError: If ``model`` is itself a conv (it cannot replace itself).
     """
-    if isinstance(model, nn.Conv2d):
+    if isinstance(model, nn.modules.conv._ConvNd):
         raise TypeError('convert_to_doconv converts the convs inside a model '
                         'and cannot replace the model itself; wrap it in an '
                         'nn.Sequential')
     check_d_init(D_init)
     check_recompute_kernel(recompute_kernel)
+    wanted_kinds = _check_kinds(kinds)
     includes = _as_patterns(include, 'include')
     excludes = _as_patterns(exclude, 'exclude')
     names = [name for name, _ in model.named_modules() if name]
@@ -250,24 +311,23 @@ def convert_to_doconv(model: nn.Module,
                                  'module of the model')
     report = ConversionReport()
     added: Dict[str, int] = {}
-    convs = [(name, module) for name, module in model.named_modules()
-             if isinstance(module, nn.Conv2d)]
-    # Transposed, 1-D and 3-D convs have no DO-Conv layer yet: named, so a
-    # report never reads as if a model had none.
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(
-                module, nn.Conv2d) and math.prod(module.kernel_size) > 1:
-            report.skipped[name] = UNSUPPORTED_KIND.format(
-                type(module).__name__)
-    for name, child in convs:
+    for name, child in model.named_modules():
+        if not isinstance(child, nn.modules.conv._ConvNd):
+            continue
+        kind = conv_kind(child)
         reason = None
-        if isinstance(child, DOConv2d):
+        if isinstance(child, DOConvLayer):
             reason = 'already DO-Conv'
-        elif child.kernel_size == (1, 1):
-            reason = 'pointwise (1x1)'
+        elif math.prod(child.kernel_size) == 1:
+            reason = 'pointwise ({})'.format('x'.join('1' * len(
+                child.kernel_size)))
+        elif kind is None:
+            reason = UNSUPPORTED_KIND.format(type(child).__name__)
+        elif kind not in wanted_kinds:
+            reason = f'kind not converted ({kind})'
         elif _parametrization(child) is not None:
             reason = _parametrization(child)
-        elif _has_own_forward(child):
+        elif _has_own_forward(child, kind):
             reason = f'own forward ({type(child).__name__})'
         elif includes and not _matches(name, includes):
             reason = 'not included'
@@ -277,7 +337,7 @@ def convert_to_doconv(model: nn.Module,
             report.skipped[name] = reason
             continue
         try:  # every conv is checked before the first one is replaced
-            d_mul = resolve_d_mul(D_mul, child.kernel_size)
+            d_mul = _resolve_d_mul(D_mul, child.kernel_size)
         except ValueError as error:
             raise ValueError(f'{name}: {error}') from None
         report.converted.append(name)
@@ -287,7 +347,7 @@ def convert_to_doconv(model: nn.Module,
     # A conv shared by several parents (RTMDet's heads share their convs
     # across pyramid levels) is one module under several names:
     # named_modules() lists it once, and every reference must get the same
-    # DOConv2d, or the sharing silently comes apart.
+    # DO-Conv layer, or the sharing silently comes apart.
     replacements = {}
     for name in report.converted:
         conv = model.get_submodule(name)
@@ -301,6 +361,19 @@ def convert_to_doconv(model: nn.Module,
         print_log(f'convert_to_doconv: nothing to convert ({report})',
                   'current', logging.WARNING)
     return report
+
+
+def _check_kinds(kinds: Optional[Sequence[str]]) -> List[str]:
+    """The checked ``kinds`` option: every kind when None."""
+    if kinds is None:
+        return list(CONV_KINDS)
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    unknown = [kind for kind in kinds if kind not in CONV_KINDS]
+    if unknown or not isinstance(kinds, Sequence):
+        raise ValueError(f'kinds must name conv kinds out of '
+                         f'{list(CONV_KINDS)}, but got {kinds!r}')
+    return list(kinds)
 
 
 def _check_added_parameters(model: nn.Module, added: Dict[str, int],

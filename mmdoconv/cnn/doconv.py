@@ -3,6 +3,7 @@
 Paper: Cao et al., "DO-Conv: Depthwise Over-parameterized Convolutional
 Layer", arXiv 2006.12030.  The maths lives in :mod:`mmdoconv.cnn.compose`.
 """
+import math
 import numbers
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -134,7 +135,117 @@ def compose_weight(weight: Tensor, d_minus_identity: Tensor,
 torch.fx.wrap('compose_weight')
 
 
-class DOConv2d(nn.Conv2d):
+class DOConvLayer:
+    """What every DO-Conv layer shares, whatever its conv kind.
+
+    Mixed in before the ``nn`` conv class (:class:`DOConv2d`, and the 1-D,
+    3-D and transposed layers of :mod:`mmdoconv.cnn.doconv_nd`); code that
+    folds, counts or converts DO-Conv layers asks ``isinstance(module,
+    DOConvLayer)``.  A layer holds ``D`` (``D - I``, None for a pointwise
+    kernel or once folded), ``_identity``, ``D_init``, ``D_mul`` and
+    implements ``_compose(weight)``.
+    """
+
+    #: The ``nn`` conv class the layer extends (what :meth:`fold` builds).
+    plain_base: type = nn.Conv2d
+    #: The plain conv class :meth:`fold` returns: :attr:`plain_base` or a
+    #: subclass that only changes how its forward pads.
+    plain_type: type = nn.Conv2d
+    #: Buffers that restate the kernel's layout for state-dict-only folding.
+    _LAYOUT_BUFFERS = ('kernel_hw', 'kernel_shape', 'transposed_kernel')
+
+    def _compose(self, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def composed_weight(self) -> Tensor:
+        """The plain conv kernel ``W'`` this layer currently convolves with."""
+        if self.D is None:
+            return self.weight
+        if (self.training or torch.is_grad_enabled()
+                or is_capturing_graph()):  # no cache key on proxies
+            return self._compose(self.weight)  # autograd needs a fresh one
+        key = (self.weight._version, self.D._version, self.weight.data_ptr(),
+               self.D.data_ptr(), self.weight.dtype, self.weight.device)
+        if key != self._cache_key:
+            self._cached_kernel = self._compose(self.weight)
+            self._cache_key = key
+        return self._cached_kernel
+
+    @torch.no_grad()
+    def reset_d(self) -> None:
+        """Initialise D by ``D_init``: the identity (stored D - I = 0), or
+        He-normal with fan-in M*N (each output of the depthwise kernel sums
+        M*N inputs; paper Table 7)."""
+        if self.D_init == 'identity':
+            self.D.zero_()
+            return
+        self.D.normal_(0.0, (2.0 / self.D.shape[1])**0.5)
+        self.D.sub_(self._identity)
+
+    def train(self, mode: bool = True):
+        self._cached_kernel = self._cache_key = None
+        return super().train(mode)
+
+    def _fold_kwargs(self) -> dict:
+        """Constructor arguments of :attr:`plain_base` beyond the channels
+        and the kernel size."""
+        return dict(stride=self.stride, padding=self.padding,
+                    dilation=self.dilation, groups=self.groups,
+                    bias=self.bias is not None,
+                    padding_mode=self.padding_mode)
+
+    @torch.no_grad()
+    def fold(self) -> nn.Module:
+        """Return a plain conv (:attr:`plain_type`) computing what this
+        layer computes.
+
+        The new layer has the same hyper-parameters, device and dtype, the
+        composed kernel ``W'`` as weight, a copy of the bias, and the
+        ``requires_grad`` flags of ``W`` and the bias.  No random number is
+        drawn.
+        """
+        # skip_init builds the conv without the conv's random init: folding
+        # must not advance the RNG a training run draws from (fold hook).
+        plain = nn.utils.skip_init(
+            self.plain_base, self.in_channels, self.out_channels,
+            self.kernel_size, device=self.weight.device,
+            dtype=self.weight.dtype, **self._fold_kwargs())
+        if self.plain_type is not self.plain_base:
+            # A subclass that only changes how its forward pads (mmcv's
+            # Conv2dAdaptivePadding) and holds the base's state: its
+            # constructor takes no device, which skip_init needs.
+            plain.__class__ = self.plain_type
+        plain.weight.copy_(self._compose(self.weight) if self.D is not None
+                           else self.weight)
+        plain.weight.requires_grad_(self.weight.requires_grad)
+        if self.bias is not None:
+            plain.bias.copy_(self.bias)
+            plain.bias.requires_grad_(self.bias.requires_grad)
+        plain.train(self.training)
+        return plain
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Fold ``D`` into ``weight`` in place; a no-op when already folded.
+
+        Afterwards the layer is a plain convolution (``D`` is None) whose
+        state dict has a plain conv's keys and shapes.  This is the name that
+        mmpretrain's and timm's re-parameterization tools look for.
+        """
+        if self.D is None:
+            return
+        kernel = self._compose(self.weight)
+        self.weight = nn.Parameter(
+            kernel, requires_grad=self.weight.requires_grad)
+        self.D = None
+        self._identity = None
+        for name in self._LAYOUT_BUFFERS:
+            self._buffers.pop(name, None)
+        self.D_mul = math.prod(self.kernel_size)
+        self._cached_kernel = self._cache_key = None
+
+
+class DOConv2d(DOConvLayer, nn.Conv2d):
     """Depthwise over-parameterized 2D convolution (DO-Conv, DO-DConv, DO-GConv).
 
     Trains ``D`` and ``W`` and convolves with the composed kernel
@@ -197,8 +308,6 @@ class DOConv2d(nn.Conv2d):
     # Class default too: whole layers pickled before this option existed
     # have no such attribute in their __dict__.
     recompute_kernel: bool = True
-    #: The plain conv class :meth:`fold` returns.
-    plain_type: type = nn.Conv2d
 
     def __init__(self,
                  in_channels: int,
@@ -269,31 +378,6 @@ class DOConv2d(nn.Conv2d):
         if getattr(self, 'D', None) is not None:
             self.reset_d()
 
-    @torch.no_grad()
-    def reset_d(self) -> None:
-        """Initialise D by ``D_init``: the identity (stored D - I = 0), or
-        He-normal with fan-in M*N (each output of the depthwise kernel sums
-        M*N inputs; paper Table 7)."""
-        if self.D_init == 'identity':
-            self.D.zero_()
-            return
-        self.D.normal_(0.0, (2.0 / self.D.shape[1])**0.5)
-        self.D.sub_(self._identity)
-
-    def composed_weight(self) -> Tensor:
-        """The plain conv kernel ``W'`` this layer currently convolves with."""
-        if self.D is None:
-            return self.weight
-        if (self.training or torch.is_grad_enabled()
-                or is_capturing_graph()):  # no cache key on proxies
-            return self._compose(self.weight)  # autograd needs a fresh one
-        key = (self.weight._version, self.D._version, self.weight.data_ptr(),
-               self.D.data_ptr(), self.weight.dtype, self.weight.device)
-        if key != self._cache_key:
-            self._cached_kernel = self._compose(self.weight)
-            self._cache_key = key
-        return self._cached_kernel
-
     def _compose(self, weight: Tensor) -> Tensor:
         return compose_weight(weight, self.D, self._identity,
                               self.kernel_size, self.groups)
@@ -358,69 +442,6 @@ class DOConv2d(nn.Conv2d):
                                        bias, self.kernel_size, self.stride,
                                        padding, self.dilation, self.groups,
                                        autocast_dtype)
-
-    def train(self, mode: bool = True) -> 'DOConv2d':
-        self._cached_kernel = self._cache_key = None
-        return super().train(mode)
-
-    @torch.no_grad()
-    def fold(self) -> nn.Conv2d:
-        """Return a plain conv (:attr:`plain_type`, ``nn.Conv2d`` here)
-        computing what this layer computes.
-
-        The new layer has the same hyper-parameters, device and dtype, the
-        composed kernel ``W'`` as weight, a copy of the bias, and the
-        ``requires_grad`` flags of ``W`` and the bias.  No random number is
-        drawn.
-        """
-        # skip_init builds the conv without nn.Conv2d's random init: folding
-        # must not advance the RNG a training run draws from (fold hook).
-        plain = nn.utils.skip_init(
-            nn.Conv2d,
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-            padding_mode=self.padding_mode,
-            device=self.weight.device,
-            dtype=self.weight.dtype)
-        if self.plain_type is not nn.Conv2d:
-            # A subclass that only changes how its forward pads (mmcv's
-            # Conv2dAdaptivePadding) and holds nn.Conv2d's state: its
-            # constructor takes no device, which skip_init needs.
-            plain.__class__ = self.plain_type
-        plain.weight.copy_(self._compose(self.weight) if self.D is not None
-                           else self.weight)
-        plain.weight.requires_grad_(self.weight.requires_grad)
-        if self.bias is not None:
-            plain.bias.copy_(self.bias)
-            plain.bias.requires_grad_(self.bias.requires_grad)
-        plain.train(self.training)
-        return plain
-
-    @torch.no_grad()
-    def switch_to_deploy(self) -> None:
-        """Fold ``D`` into ``weight`` in place; a no-op when already folded.
-
-        Afterwards the layer is a plain convolution (``D`` is None) whose
-        state dict has a plain conv's keys and shapes.  This is the name that
-        mmpretrain's and timm's re-parameterization tools look for.
-        """
-        if self.D is None:
-            return
-        kernel = self._compose(self.weight)
-        self.weight = nn.Parameter(
-            kernel, requires_grad=self.weight.requires_grad)
-        self.D = None
-        self._identity = None
-        if 'kernel_hw' in self._buffers:
-            del self._buffers['kernel_hw']
-        self.D_mul = self.kernel_size[0] * self.kernel_size[1]
-        self._cached_kernel = self._cache_key = None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata,
                               strict, missing_keys, unexpected_keys,

@@ -1,5 +1,10 @@
 """Registers DO-Conv as an mmcv conv type in mmengine's root MODELS registry.
 
+``DOConv`` / ``DOConv2d`` for 2-D convs (``conv_cfg``), ``DOConv1d`` and
+``DOConv3d`` (``conv_cfg``, as mmcv's ``Conv1d`` / ``Conv3d``), and
+``DOConvTranspose1d/2d/3d`` (``upsample_cfg``, as mmcv's ``deconv`` /
+``deconv3d``).
+
 Child registries (mmdet, mmseg, mmpretrain) look names up in their parent, so
 ``conv_cfg=dict(type='DOConv')`` works in every OpenMMLab scope once
 ``mmdoconv`` is imported (e.g. through ``custom_imports``).
@@ -12,6 +17,8 @@ from torch.nn.modules.utils import _pair
 
 from .doconv import (DOConv2d, check_d_init, check_recompute_kernel,
                      resolve_d_mul)
+from .doconv_nd import (DOConv1d, DOConv3d, DOConvTranspose1d,
+                        DOConvTranspose2d, DOConvTranspose3d)
 
 
 class DOConv(DOConv2d):
@@ -68,3 +75,10 @@ def _new_doconv(cls: type,
 MODELS.register_module(name='DOConv', module=DOConv)
 # The class itself, for configs that want a DOConv2d even for 1x1 kernels.
 MODELS.register_module(name='DOConv2d', module=DOConv2d)
+for _layer in (DOConv1d, DOConv3d, DOConvTranspose1d, DOConvTranspose2d,
+               DOConvTranspose3d):
+    MODELS.register_module(module=_layer)
+# The plain type DOConvTranspose1d folds to (deploy.plain_config): mmcv
+# registers 'deconv' (2-D) and 'deconv3d' but no 1-D transposed conv.
+if 'ConvTranspose1d' not in MODELS.module_dict:
+    MODELS.register_module(name='ConvTranspose1d', module=nn.ConvTranspose1d)

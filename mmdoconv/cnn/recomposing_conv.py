@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..ops.fused_compose import (compose_rows, compose_rows_backward,
                                  fused_backend)
-from .compose import compose_kernel, fused_kernel_d
+from .compose import compose_any_kernel, compose_kernel, fused_kernel_d
 
 
 _workspaces = threading.local()
@@ -268,6 +268,123 @@ def _backward(grad_output: Tensor, conv_input: Tensor, weight: Tensor,
     grad_weight = grad_d = None
     if need_kernel:
         grad_weight, grad_d = compose_gradients(grad_kernel.to(kernel_dtype))
+    if grad_bias is not None:
+        grad_bias = grad_bias.to(bias.dtype)
+    return [grad_input if need_input else None, grad_weight, grad_d,
+            grad_bias]
+
+
+class RecomposingConvNd(torch.autograd.Function):
+    """:class:`RecomposingConv2d` for every other conv kind (1-D, 3-D and
+    transposed convs): ``convolution(input, compose(W, D))`` without keeping
+    ``W'`` for the backward.
+
+    The backward composes ``W'`` again through
+    :func:`~mmdoconv.cnn.compose.compose_any_kernel` (fused kernels where
+    they apply, with autograd for grad W and grad D) and runs the conv's
+    backward with ``aten.convolution_backward``, which serves every kind.
+    Autocast and double backward behave as in :class:`RecomposingConv2d`.
+
+    Args (of ``apply``):
+        input: ``(B, C_in, *spatial)``, already padded for non-zero padding
+            modes.
+        weight: ``W`` in the layer's layout.
+        d_minus_identity: ``D - I``, ``(C_in, K, D_mul)``.
+        identity: ``(K, D_mul)``.
+        bias: ``(C_out,)`` or None.
+        conv_args: ``(kernel_size, stride, padding, dilation, transposed,
+            output_padding, groups)``, int tuples but for ``transposed``
+            (bool) and ``groups`` (int).
+        autocast_dtype: The dtype the conv runs in under autocast, or None.
+    """
+
+    @staticmethod
+    def forward(ctx, input: Tensor, weight: Tensor, d_minus_identity: Tensor,
+                identity: Tensor, bias: Optional[Tensor], conv_args: tuple,
+                autocast_dtype: Optional[torch.dtype]) -> Tensor:
+        ctx.conv_args = conv_args
+        ctx.autocast_dtype = autocast_dtype
+        conv_input = _lower_precision(input, autocast_dtype)
+        output = _composed_conv_nd(conv_input, weight, d_minus_identity,
+                                   identity, bias, conv_args, autocast_dtype)
+        ctx.save_for_backward(conv_input, weight, d_minus_identity, identity,
+                              bias)
+        ctx.input_dtype = input.dtype
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        conv_input, weight, d_minus_identity, identity, bias = \
+            ctx.saved_tensors
+        needs = [ctx.needs_input_grad[i] for i in (0, 1, 2, 4)]
+        if torch.is_grad_enabled():  # create_graph=True
+            output = _composed_conv_nd(conv_input, weight, d_minus_identity,
+                                       identity, bias, ctx.conv_args,
+                                       ctx.autocast_dtype)
+            wanted = list(zip((conv_input, weight, d_minus_identity, bias),
+                              needs))
+            grads = iter(torch.autograd.grad(
+                output, [t for t, need in wanted if need], grad_output,
+                create_graph=True))
+            results = [next(grads) if need else None for _, need in wanted]
+        else:
+            results = _backward_nd(grad_output, conv_input, weight,
+                                   d_minus_identity, identity, bias, needs,
+                                   ctx.conv_args, ctx.autocast_dtype)
+        grad_input, grad_weight, grad_d, grad_bias = results
+        if grad_input is not None:
+            grad_input = grad_input.to(ctx.input_dtype)
+        return grad_input, grad_weight, grad_d, None, grad_bias, None, None
+
+
+def _composed_conv_nd(conv_input: Tensor, weight: Tensor,
+                      d_minus_identity: Tensor, identity: Tensor,
+                      bias: Optional[Tensor], conv_args: tuple,
+                      autocast_dtype: Optional[torch.dtype]) -> Tensor:
+    (kernel_size, stride, padding, dilation, transposed, output_padding,
+     groups) = conv_args
+    device_type = conv_input.device.type
+    with torch.autocast(device_type, enabled=False):
+        kernel = compose_any_kernel(weight, d_minus_identity, identity,
+                                    kernel_size, groups, transposed)
+        return torch.ops.aten.convolution(
+            conv_input, _lower_precision(kernel, autocast_dtype),
+            _lower_precision(bias, autocast_dtype), list(stride),
+            list(padding), list(dilation), transposed, list(output_padding),
+            groups)
+
+
+def _backward_nd(grad_output: Tensor, conv_input: Tensor, weight: Tensor,
+                 d_minus_identity: Tensor, identity: Tensor,
+                 bias: Optional[Tensor], needs: Sequence[bool],
+                 conv_args: tuple,
+                 autocast_dtype: Optional[torch.dtype]) -> list:
+    """The gradients without a graph around the conv: W' recomposed (with
+    a small graph of its own for grad W and grad D), then the conv's
+    backward."""
+    (kernel_size, stride, padding, dilation, transposed, output_padding,
+     groups) = conv_args
+    need_input, need_weight, need_d, need_bias = needs
+    with torch.enable_grad():
+        weight_leaf = weight.detach().requires_grad_(need_weight)
+        d_leaf = d_minus_identity.detach().requires_grad_(need_d)
+        kernel = compose_any_kernel(weight_leaf, d_leaf, identity,
+                                    kernel_size, groups, transposed)
+    grad_input, grad_kernel, grad_bias = torch.ops.aten.convolution_backward(
+        grad_output.to(conv_input.dtype), conv_input,
+        _lower_precision(kernel.detach(), autocast_dtype),
+        None if bias is None else [bias.shape[0]], list(stride),
+        list(padding), list(dilation), transposed, list(output_padding),
+        groups, [need_input, need_weight or need_d,
+                 need_bias and bias is not None])
+    grad_weight = grad_d = None
+    if need_weight or need_d:
+        leaves = [leaf for leaf, need in ((weight_leaf, need_weight),
+                                          (d_leaf, need_d)) if need]
+        grads = iter(torch.autograd.grad(kernel, leaves,
+                                         grad_kernel.to(kernel.dtype)))
+        grad_weight = next(grads) if need_weight else None
+        grad_d = next(grads) if need_d else None
     if grad_bias is not None:
         grad_bias = grad_bias.to(bias.dtype)
     return [grad_input if need_input else None, grad_weight, grad_d,

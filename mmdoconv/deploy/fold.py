@@ -10,32 +10,36 @@ Note:
     ``D^T o (c W) = c W'`` (:meth:`DOConv2d._conv_forward`), so either order
     gives the same plain model (tests/test_conv_paths.py).
 """
+import math
 from collections import OrderedDict
 from typing import List, Mapping, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from ..cnn.compose import compose_kernel, doconv_identity
-from ..cnn.doconv import DOConv2d
+from ..cnn.compose import compose_any_kernel, doconv_identity
+from ..cnn.doconv import DOConvLayer
 
 
-def swap_in_folded(model: nn.Module) -> List[Tuple[nn.Module, str, DOConv2d]]:
-    """Replace every :class:`DOConv2d` inside ``model`` by its folded conv.
+def swap_in_folded(
+        model: nn.Module) -> List[Tuple[nn.Module, str, DOConvLayer]]:
+    """Replace every DO-Conv layer (:class:`~mmdoconv.cnn.doconv.DOConvLayer`:
+    2-D, 1-D, 3-D, transposed) inside ``model`` by its folded conv.
 
     Returns:
         ``(parent, name, original layer)`` for each replacement, so that a
         caller (the fold hook) can put the originals back.
     """
-    if isinstance(model, DOConv2d):
-        raise TypeError('fold_doconv folds the DOConv2d layers inside a '
+    if isinstance(model, DOConvLayer):
+        raise TypeError('fold_doconv folds the DO-Conv layers inside a '
                         'model and cannot replace the model itself; call '
-                        'DOConv2d.fold() or switch_to_deploy() on it instead')
+                        f'{type(model).__name__}.fold() or switch_to_deploy() '
+                        'on it instead')
     swapped = []
     folded = {}  # a layer shared by several parents folds once, stays shared
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, DOConv2d):
+            if isinstance(child, DOConvLayer):
                 if id(child) not in folded:
                     folded[id(child)] = child.fold()
                 setattr(parent, name, folded[id(child)])
@@ -44,7 +48,7 @@ def swap_in_folded(model: nn.Module) -> List[Tuple[nn.Module, str, DOConv2d]]:
 
 
 def fold_doconv(model: nn.Module) -> int:
-    """Replace every :class:`DOConv2d` inside ``model`` by its folded conv.
+    """Replace every DO-Conv layer inside ``model`` by its folded conv.
 
     Module names stay the same, so the folded model's state dict has the
     plain model's keys.  Folding a folded model is a no-op.
@@ -57,16 +61,16 @@ def fold_doconv(model: nn.Module) -> int:
         counts once).
 
     Raises:
-        TypeError: If ``model`` itself is a DOConv2d (a module cannot replace
-            itself in its parent; use ``model.fold()``).
+        TypeError: If ``model`` itself is a DO-Conv layer (a module cannot
+            replace itself in its parent; use ``model.fold()``).
     """
     return len({id(layer) for _, _, layer in swap_in_folded(model)})
 
 
 def count_doconv(model: nn.Module) -> int:
-    """Number of :class:`DOConv2d` layers in ``model`` that still have a D."""
-    return sum(
-        isinstance(m, DOConv2d) and m.D is not None for m in model.modules())
+    """Number of DO-Conv layers in ``model`` that still have a D."""
+    return sum(isinstance(m, DOConvLayer) and m.D is not None
+               for m in model.modules())
 
 
 def _is_d_key(key: str) -> bool:
@@ -135,6 +139,59 @@ def _check_entry(state_dict: Mapping[str, Tensor], key: str) -> Tuple[
     return d, weight, kernel_size, in_channels // in_per_group
 
 
+def _check_nd_entry(state_dict: Mapping[str, Tensor], key: str) -> Tuple[
+        Tensor, Tensor, Tuple[int, ...], int, bool]:
+    """Check the entry of a 1-D, 3-D or transposed DO-Conv layer
+    (:mod:`mmdoconv.cnn.doconv_nd`: it records ``kernel_shape``, and
+    ``transposed_kernel`` when transposed); return ``(D, W, kernel size,
+    groups, transposed)``.  A transposed layer's groups do not enter its
+    composition (each input channel composes its own block of W) and are
+    returned as 1."""
+    prefix = key[:-1]
+    d, weight = state_dict[key], state_dict.get(prefix + 'weight')
+    shape = state_dict[prefix + 'kernel_shape']
+    transposed = state_dict.get(prefix + 'transposed_kernel')
+    if not (isinstance(shape, Tensor) and shape.dim() == 1
+            and 1 <= shape.numel() <= 3 and not shape.is_floating_point()
+            and not shape.is_complex() and bool((shape > 0).all())):
+        raise ValueError(
+            f'{prefix}kernel_shape must be an integer tensor of 1 to 3 '
+            f'positive extents, but got {_describe(shape)}')
+    if transposed is not None and not (isinstance(transposed, Tensor)
+                                       and transposed.numel() == 1):
+        raise ValueError(f'{prefix}transposed_kernel must be a one-element '
+                         f'tensor, but got {_describe(transposed)}')
+    transposed = bool(transposed) if transposed is not None else False
+    kernel_size = tuple(int(v) for v in shape.tolist())
+    if not (isinstance(d, Tensor) and d.dim() == 3 and d.is_floating_point()):
+        raise ValueError(
+            f'{key} must be a 3-D floating-point tensor (C_in, K, D_mul), '
+            f'but got {_describe(d)}')
+    if not (isinstance(weight, Tensor)
+            and weight.dim() == 2 + len(kernel_size)
+            and weight.dtype == d.dtype and weight.device == d.device):
+        raise ValueError(
+            f'{key} needs {prefix}weight, a {2 + len(kernel_size)}-D tensor '
+            f'of D\'s dtype and device, but got {_describe(weight)}')
+    in_channels, kernel_numel, d_mul = d.shape
+    first, second = weight.shape[:2]
+    inputs_ok = (first == in_channels if transposed else
+                 second > 0 and in_channels % second == 0
+                 and first % (in_channels // second) == 0)
+    if (math.prod(kernel_size) != kernel_numel or min(weight.shape) == 0
+            or weight[0, 0].numel() != d_mul or not inputs_ok):
+        layout = ('(C_in, C_out/groups, ...)' if transposed else
+                  '(C_out, C_in/groups, ...)')
+        raise ValueError(
+            f'inconsistent DO-Conv entry {prefix[:-1]!r}: D has shape '
+            f'{tuple(d.shape)}, weight {tuple(weight.shape)}, kernel '
+            f'{kernel_size}{" (transposed)" if transposed else ""}; '
+            f'expected D (C_in, K, D_mul) and weight {layout} holding K or '
+            'D_mul entries per channel pair')
+    groups = 1 if transposed else in_channels // second
+    return d, weight, kernel_size, groups, transposed
+
+
 def _describe(value) -> str:
     if isinstance(value, Tensor):
         return f'a {value.dim()}-D {value.dtype} tensor {tuple(value.shape)}'
@@ -166,7 +223,7 @@ def fold_for_plain_convs(model: nn.Module, state_dict: Mapping[str, Tensor]
     if not prefixes:
         return state_dict, []
     own_keys = {prefix + name for prefix in prefixes
-                for name in ('D', 'weight', 'kernel_hw')}
+                for name in ('D', 'weight') + DOConvLayer._LAYOUT_BUFFERS}
     folded = fold_state_dict(
         {k: v for k, v in state_dict.items() if k in own_keys})
     result = OrderedDict((key, folded[key] if key in own_keys else value)
@@ -210,12 +267,18 @@ def fold_state_dict(state_dict: Mapping[str, Tensor]) -> 'OrderedDict':
         if not isinstance(key, str) or not _is_d_key(key):
             continue
         prefix = key[:-1]
-        d, weight, kernel_size, groups = _check_entry(state_dict, key)
+        if prefix + 'kernel_shape' in state_dict:
+            d, weight, kernel_size, groups, transposed = _check_nd_entry(
+                state_dict, key)
+        else:
+            d, weight, kernel_size, groups = _check_entry(state_dict, key)
+            transposed = False
         identity = doconv_identity(
             d.shape[1], d.shape[2], dtype=d.dtype, device=d.device)
-        folded_weights[prefix + 'weight'] = compose_kernel(
-            weight, d, identity, kernel_size, groups)
-        dropped.update((key, prefix + 'kernel_hw'))
+        folded_weights[prefix + 'weight'] = compose_any_kernel(
+            weight, d, identity, kernel_size, groups, transposed)
+        dropped.update([key] + [prefix + name
+                                for name in DOConvLayer._LAYOUT_BUFFERS])
     result = OrderedDict()
     for key, value in state_dict.items():
         if key not in dropped:

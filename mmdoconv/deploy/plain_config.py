@@ -18,8 +18,20 @@ from ..cnn.doconv import DOConv2d
 from ..utils.checkpoint import (load_checkpoint_file, model_state_dict_of,
                                 save_folded_checkpoint)
 
-#: Registry names whose layers fold to ``nn.Conv2d``.
-DOCONV_TYPES = ('DOConv', 'DOConv2d')
+#: Registry names of the DO-Conv layers and the plain type each folds to
+#: (mmcv's registered name; mmcv has none for ``nn.ConvTranspose1d``, which
+#: mmdoconv registers as ``ConvTranspose1d``: a plain config with it needs
+#: ``mmdoconv`` imported or that one registration of your own).
+PLAIN_TYPES = {
+    'DOConv': 'Conv2d',
+    'DOConv2d': 'Conv2d',
+    'DOConv1d': 'Conv1d',
+    'DOConv3d': 'Conv3d',
+    'DOConvTranspose1d': 'ConvTranspose1d',
+    'DOConvTranspose2d': 'deconv',
+    'DOConvTranspose3d': 'deconv3d',
+}
+DOCONV_TYPES = tuple(PLAIN_TYPES)
 #: Keys of a DO-Conv layer config that a plain conv does not take: its type
 #: and every argument DOConv2d adds to nn.Conv2d's.
 _DOCONV_KEYS = ('type', ) + tuple(
@@ -38,9 +50,11 @@ def _strip_doconv(node: Any) -> Any:
         type_name = _type_name(node.get('type'))
         if type_name in DOCONV_TYPES:
             rest = {k: v for k, v in node.items() if k not in _DOCONV_KEYS}
-            # A bare conv_cfg becomes None (mmcv's default plain conv); a
-            # full layer config becomes mmcv's registered 'Conv2d'.
-            return dict(type='Conv2d', **rest) if rest else None
+            # A bare 2-D conv_cfg becomes None (mmcv's default plain conv);
+            # anything else becomes mmcv's registered plain type.
+            if not rest and PLAIN_TYPES[type_name] == 'Conv2d':
+                return None
+            return dict(type=PLAIN_TYPES[type_name], **rest)
         return {key: _strip_doconv(value) for key, value in node.items()}
     if isinstance(node, (list, tuple)):
         return type(node)(_strip_doconv(value) for value in node)

@@ -11,7 +11,7 @@ from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import nn
 
-from ..cnn.doconv import DOConv2d
+from ..cnn.doconv import DOConvLayer
 from ..deploy.fold import swap_in_folded
 from ..utils.checkpoint import load_checkpoint_file, save_folded_checkpoint
 from ..utils.compare import max_abs_difference
@@ -24,7 +24,7 @@ class DOConvFoldHook(Hook):
     """Fold DO-Conv layers for validation, testing and deployment.
 
     - **Validation during training** (``fold_val``): before the first val
-      iteration every :class:`~mmdoconv.DOConv2d` is replaced by its folded
+      iteration every DO-Conv layer is replaced by its folded
       ``nn.Conv2d``; after the val epoch the original layers are put back.
       Folding only reads ``W`` and ``D``, so training resumes with them and
       the optimizer state untouched, bit for bit.
@@ -75,7 +75,7 @@ class DOConvFoldHook(Hook):
         self.save_folded = save_folded
         self.suffix = suffix
         self.out_dir = out_dir
-        self._swapped: List[Tuple[nn.Module, str, DOConv2d]] = []
+        self._swapped: List[Tuple[nn.Module, str, DOConvLayer]] = []
         self._warned_no_doconv = False
         self.folded_checkpoint: Optional[str] = None
 
@@ -85,10 +85,11 @@ class DOConvFoldHook(Hook):
         return model.module if is_model_wrapper(model) else model
 
     def _has_doconv(self, runner) -> bool:
-        if any(isinstance(m, DOConv2d) for m in self._model(runner).modules()):
+        if any(isinstance(m, DOConvLayer)
+               for m in self._model(runner).modules()):
             return True
         if not self._warned_no_doconv:
-            print_log('DOConvFoldHook: the model has no DOConv2d layer; '
+            print_log('DOConvFoldHook: the model has no DO-Conv layer; '
                       'nothing to fold', 'current', logging.WARNING)
             self._warned_no_doconv = True
         return False
@@ -163,4 +164,3 @@ class DOConvFoldHook(Hook):
         self.folded_checkpoint = out_path
         print_log(f'DOConvFoldHook: wrote deploy checkpoint {out_path}',
                   'current')
-

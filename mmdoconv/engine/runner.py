@@ -5,7 +5,7 @@
     runner_type = 'DOConvRunner'
     # optional: doconv = dict(include=None, exclude=None, D_mul=None,
     #                         D_init='identity', recompute_kernel=True,
-    #                         max_d_params=None)
+    #                         max_d_params=None, kinds=None)
 
 mmdet's, mmseg's and mmpretrain's own ``tools/train.py`` and ``tools/test.py``
 build ``RUNNERS.build(cfg)`` when a config names a ``runner_type``, so the
@@ -29,7 +29,7 @@ from .conv_bn_eval import turn_on_efficient_conv_bn_eval
 
 #: The options the switch takes (``doconv = dict(...)`` in a config).
 SWITCH_OPTIONS = ('include', 'exclude', 'D_mul', 'D_init',
-                  'recompute_kernel', 'max_d_params')
+                  'recompute_kernel', 'max_d_params', 'kinds')
 
 
 def doconv_options(cfg: Config) -> Dict[str, Any]:

@@ -23,7 +23,7 @@ from mmengine.registry import WEIGHT_INITIALIZERS
 from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 from torch import nn
 
-from ..cnn.doconv import DOConv2d
+from ..cnn.doconv import DOConvLayer
 from ..deploy.fold import fold_state_dict
 
 
@@ -62,7 +62,7 @@ class PretrainedDOConvInit(PretrainedInit):
         prefix: Keep only keys starting with this prefix, and strip it
             (e.g. ``'backbone.'`` for an mmpretrain classifier).
         map_location: As for ``torch.load``. Defaults to ``'cpu'``.
-        fold: ``'auto'`` folds when the initialised module has no DOConv2d;
+        fold: ``'auto'`` folds when the initialised module has no DO-Conv layer;
             True / False force it.
     """
 
@@ -89,7 +89,7 @@ class PretrainedDOConvInit(PretrainedInit):
             if not state_dict:
                 raise ValueError(f'no key of {self.checkpoint!r} starts with '
                                  f'prefix {self.prefix!r}')
-        has_doconv = any(isinstance(m, DOConv2d) for m in module.modules())
+        has_doconv = any(isinstance(m, DOConvLayer) for m in module.modules())
         fold = (not has_doconv) if self.fold == 'auto' else self.fold
         if fold:
             state_dict = fold_state_dict(state_dict)
