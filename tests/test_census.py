@@ -10,14 +10,15 @@ from workshop.census import census_of, markdown_table, short_name
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-#: config -> non-pointwise nn.Conv2d the switch converts (counted by hand
-#: from the architectures, not read back from the tool).
+#: config -> non-pointwise convs the switch converts (counted by hand from
+#: the architectures, not read back from the tool).
 EXPECTED = {
     # R50 stem + 16 3x3; FPN 4 + 1 extra (P6 on input; P7 on P6); head
     # 4 cls + 4 reg stacked 3x3 convs, retina_cls, retina_reg.
     'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py': 17 + 5 + 10,
-    # R50 17, FPN 4, RPN conv 1, mask head 4 3x3 convs.
-    'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py': 17 + 4 + 1 + 4,
+    # R50 17, FPN 4, RPN conv 1, mask head 4 3x3 convs and its 2x2
+    # transposed conv (upsample).
+    'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py': 17 + 4 + 1 + 4 + 1,
     # ResNetV1c deep stem 3 + 16; PSP bottleneck 3x3; FCN aux 3x3.
     'mmseg::pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py':
     19 + 1 + 1,
@@ -65,8 +66,8 @@ def test_census_names_what_it_cannot_convert(tmp_path):
     assert len(row.left_plain) == 17  # stem + 16 3x3 (ResNet-18: 8 blocks x 2)
     assert row.fold_max_diff == 0.0
     assert row.problems == ['nothing converted',
-                            '17 non-pointwise Conv2d left plain']
-    assert '17 non-pointwise Conv2d left plain' in markdown_table([row])
+                            '17 non-pointwise convs left plain']
+    assert '17 non-pointwise convs left plain' in markdown_table([row])
     assert '0 of 1 configs' in markdown_table([row])
 
 

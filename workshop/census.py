@@ -38,8 +38,8 @@ from mmengine.logging import MessageHub, MMLogger
 from mmengine.registry import MODELS, TRANSFORMS, DefaultScope
 from torch import nn
 
-from mmdoconv import DOConv2d, convert_to_doconv
-from mmdoconv.cnn.conversion import UNSUPPORTED_KIND
+from mmdoconv import DOConvLayer, convert_to_doconv
+from mmdoconv.cnn.conversion import conv_kind
 from mmdoconv.utils.compare import flatten_tensors, max_abs_difference
 from mmdoconv.deploy.export import (TensorGraph, dense_heads,
                                     pack_sample)
@@ -49,7 +49,13 @@ from mmdoconv.utils.cli import (BadInputError, import_scope,
 
 #: Input size of the synthetic batch per scope (height, width).
 BATCH_SHAPES = dict(mmdet=(256, 320), mmseg=(256, 256),
-                    mmpretrain=(224, 224))
+                    mmpretrain=(224, 224), mmpose=(256, 256))
+#: The OpenMMLab scopes the census reads configs of, and their packages.
+SCOPE_PACKAGES = dict(mmpretrain='mmpretrain', mmdet='mmdet',
+                      mmseg='mmsegmentation', mmpose='mmpose')
+#: Transforms the pose census leaves out of a config's pipeline: the image
+#: is given, and the mixing ones draw further images from a dataset.
+_POSE_SKIPPED = ('LoadImage', 'Mosaic', 'YOLOXMixUp')
 #: Images per synthetic batch (BatchNorm needs more than one).
 BATCH_SIZE = 2
 
@@ -84,7 +90,7 @@ class CensusRow:
         checks = [
             (self.converted > 0, 'nothing converted'),
             (not self.left_plain,
-             f'{len(self.left_plain)} non-pointwise Conv2d left plain'),
+             f'{len(self.left_plain)} non-pointwise convs left plain'),
             (math.isfinite(self.loss), f'loss {self.loss}'),
             (not self.d_without_gradient,
              f'{len(self.d_without_gradient)} D without gradient where W '
@@ -114,12 +120,11 @@ def resolve_configs(patterns: Sequence[str]) -> List[str]:
     for pattern in patterns:
         if '::' in pattern:
             scope, relative = pattern.split('::', 1)
-            package = dict(mmpretrain='mmpretrain', mmdet='mmdet',
-                           mmseg='mmsegmentation').get(scope)
+            package = SCOPE_PACKAGES.get(scope)
             if package is None:
                 raise BadInputError(
-                    f'scope of {pattern!r} must be mmdet, mmseg or '
-                    f'mmpretrain, but got {scope!r}')
+                    f'scope of {pattern!r} must be one of '
+                    f'{sorted(SCOPE_PACKAGES)}, but got {scope!r}')
             root = osp.join(get_installed_path(package), '.mim', 'configs')
             found = sorted(glob.glob(osp.join(root, relative)))
         else:
@@ -194,10 +199,75 @@ def batch_shape(cfg: Config, scale: int = 1) -> tuple:
     return height * scale, width * scale
 
 
+def _pose_results(cfg: Config, split: str, height: int, width: int,
+                  rng: np.random.Generator) -> dict:
+    """A COCO-keypoints sample as mmpose's datasets hand it to a pipeline:
+    two people (one for top-down configs), 17 visible keypoints each, and
+    the dataset's meta information."""
+    from mmengine.utils import get_installed_path
+    from mmpose.datasets.datasets.utils import parse_pose_metainfo
+    meta = parse_pose_metainfo(dict(from_file=osp.join(
+        get_installed_path('mmpose'), '.mim', 'configs', '_base_',
+        'datasets', 'coco.py')))
+    people = 2
+    dataloader = cfg.get(f'{split}_dataloader') or {}
+    if dataloader.get('dataset', {}).get('data_mode', 'topdown') == \
+            'topdown':
+        people = 1  # top-down pipelines crop one person per sample
+    boxes = np.array([[0.2, 0.1, 0.8, 0.9], [0.1, 0.05, 0.55, 0.8]],
+                     dtype=np.float32)[:people] * [width, height, width, height]
+    count = meta['num_keypoints']
+    keypoints = np.stack([
+        rng.uniform(box[[0, 1]], box[[2, 3]], (count, 2)) for box in boxes
+    ]).astype(np.float32)
+    results = dict(
+        img=rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+        img_shape=(height, width), ori_shape=(height, width), img_id=0,
+        img_path='inputs.png', bbox=boxes, bbox_score=np.ones(people,
+                                                              np.float32),
+        keypoints=keypoints,
+        keypoints_visible=np.ones((people, count), np.float32),
+        num_keypoints=np.full(people, count), iscrowd=np.zeros(people),
+        area=np.prod(boxes[:, 2:] - boxes[:, :2], axis=1),
+        id=list(range(people)), category_id=[1] * people, invalid_segs=[],
+        raw_ann_info=None)
+    if people == 1:
+        results.update(id=0, category_id=1)
+    for key in ('flip_indices', 'flip_pairs', 'upper_body_ids',
+                'lower_body_ids', 'dataset_keypoint_weights', 'sigmas',
+                'skeleton_links'):
+        results[key] = meta[key]
+    return results
+
+
+def _pose_batch(model: nn.Module, cfg: Config, training: bool, seed: int,
+                scale: int) -> dict:
+    """mmpose's targets (heatmaps, SimCC labels, displacements) come from
+    the pipeline's ``GenerateTarget`` and the crops from its affine
+    transforms: the whole pipeline runs on the synthetic sample."""
+    from mmengine.dataset import Compose
+    split, other = ('train', 'val') if training else ('val', 'train')
+    if not _pipeline(cfg, split):
+        split = other
+    pipeline = [t for t in _pipeline(cfg, split)
+                if t.get('type') not in _POSE_SKIPPED]
+    height, width = batch_shape(cfg, scale)
+    rng = np.random.default_rng(seed)
+    with DefaultScope.overwrite_default_scope('mmpose'):
+        transforms = Compose(pipeline)
+        packed = [transforms(_pose_results(cfg, split, height, width, rng))
+                  for _ in range(BATCH_SIZE)]
+    return model.data_preprocessor(
+        dict(inputs=[p['inputs'] for p in packed],
+             data_samples=[p['data_samples'] for p in packed]), training)
+
+
 def synthetic_batch(model: nn.Module, cfg: Config, scope: str,
                     training: bool, seed: int = 0, scale: int = 1) -> dict:
-    """A preprocessed batch as the config's own packing transform and the
-    model's data preprocessor make it."""
+    """A preprocessed batch as the config's own packing transform (for
+    mmpose: its pipeline) and the model's data preprocessor make it."""
+    if scope == 'mmpose':
+        return _pose_batch(model, cfg, training, seed, scale)
     # The train packer gives the loss its targets; the test packer gives
     # predict the meta keys it reads (CenterNet's border).
     first, second = ('train', 'test') if training else ('test', 'train')
@@ -258,21 +328,22 @@ def init_without_pretrained(model: nn.Module) -> None:
 
 
 def _left_plain(skipped: Dict[str, str]) -> Dict[str, str]:
-    """Non-pointwise ``nn.Conv2d`` left plain, with the reason."""
-    other_kind = UNSUPPORTED_KIND.split('{}')[0]  # listed in other_convs
+    """Non-pointwise convs of every kind left plain, with the reason."""
     return {name: reason for name, reason in skipped.items()
-            if reason not in ('pointwise (1x1)', 'already DO-Conv')
-            and not reason.startswith(other_kind)}
+            if not reason.startswith('pointwise')
+            and reason != 'already DO-Conv'}
 
 
 def _other_convs(model: nn.Module) -> Dict[str, str]:
-    """Non-pointwise convs that are not ``nn.Conv2d`` (transposed, 1-D, 3-D,
-    deformable): outside DO-Conv's definition, named for the record."""
-    return {name: type(module).__name__
-            for name, module in model.named_modules()
-            if isinstance(module, nn.modules.conv._ConvNd)
-            and not isinstance(module, nn.Conv2d)
-            and math.prod(module.kernel_size) > 1}
+    """Non-pointwise convs of a kind other than 2-D (transposed, 1-D, 3-D),
+    with their kind, for the record: they convert like the 2-D ones."""
+    kinds = {}
+    for name, module in model.named_modules():
+        kind = conv_kind(module)
+        if (isinstance(module, nn.modules.conv._ConvNd)
+                and kind != 'Conv2d' and math.prod(module.kernel_size) > 1):
+            kinds[name] = kind or type(module).__name__
+    return kinds
 
 
 def _has_gradient(parameter: torch.Tensor) -> bool:
@@ -283,7 +354,7 @@ def _randomize_d(model: nn.Module, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, DOConv2d):
+            if isinstance(module, DOConvLayer):
                 module.D.add_(0.05 * torch.randn(module.D.shape,
                                                  generator=generator))
 
@@ -347,23 +418,25 @@ def _census(row: CensusRow, config_path: str, seed: int, switch: dict,
         # turns its learned proposals into boxes of negative size).
         init_without_pretrained(model)
     row.model = type(model).__name__
+    row.other_convs = _other_convs(model)
     report = convert_to_doconv(model, **switch)
     row.converted = len(report.converted)
     row.added_params = report.added_params
     row.left_plain = _left_plain(report.skipped)
-    row.other_convs = _other_convs(model)
     _randomize_d(model, seed)
 
     # 3. One training step.
     model.train()
     data = synthetic_batch(model, cfg, scope, training=True, seed=seed,
                            scale=scale)
+    if scope == 'mmpose':  # the pipeline's crop, not the synthetic image
+        row.input_shape = tuple(data['inputs'].shape[-2:])
     losses = model(**data, mode='loss')
     loss, _ = model.parse_losses(losses)
     row.loss = float(loss)
     loss.backward()
     trainable = [(name, module.D) for name, module in model.named_modules()
-                 if isinstance(module, DOConv2d) and module.D.requires_grad]
+                 if isinstance(module, DOConvLayer) and module.D.requires_grad]
     row.trainable_d = len(trainable)
     for name, d in trainable:
         weight = model.get_submodule(name).weight
@@ -403,10 +476,14 @@ def _prediction_tensors(samples) -> List[torch.Tensor]:
     tensors = []
     for sample in samples:
         for key in ('pred_instances', 'pred_sem_seg', 'seg_logits',
-                    'pred_score', 'pred_label'):
+                    'pred_score', 'pred_label', 'pred_fields'):
             if key in sample:
                 value = sample.get(key)
                 value = value.to_dict() if hasattr(value, 'to_dict') else value
+                if isinstance(value, dict):  # mmpose predicts numpy arrays
+                    value = {k: torch.from_numpy(v)
+                             if isinstance(v, np.ndarray) else v
+                             for k, v in value.items()}
                 tensors += flatten_tensors(value)
     return [t.float() for t in tensors]
 
@@ -464,7 +541,8 @@ def _cell(value: float) -> str:
 def short_name(path: str) -> str:
     """``scope::relative/path.py`` for a zoo config, the path otherwise."""
     for scope, package in (('mmdet', 'mmdet'), ('mmseg', 'mmseg'),
-                           ('mmpretrain', 'mmpretrain')):
+                           ('mmpretrain', 'mmpretrain'),
+                           ('mmpose', 'mmpose')):
         marker = osp.join(package, '.mim', 'configs') + osp.sep
         if marker in path:
             return f'{scope}::{path.split(marker, 1)[1]}'
@@ -484,9 +562,13 @@ def markdown_table(rows: Sequence[CensusRow]) -> str:
         name = short_name(row.config)
         left = '; '.join(f'{k}: {v}' for k, v in row.left_plain.items()) \
             or '0'
+        converted = f'{row.converted} (+{row.added_params:,})'
         if row.other_convs:
-            left += ' (not Conv2d: ' + '; '.join(
-                f'{k}: {v}' for k, v in row.other_convs.items()) + ')'
+            kinds: Dict[str, int] = {}
+            for kind in row.other_convs.values():
+                kinds[kind] = kinds.get(kind, 0) + 1
+            converted += '; other kinds in the model: ' + ', '.join(
+                f'{count} {kind}' for kind, count in sorted(kinds.items()))
         with_gradient = row.trainable_d - len(row.d_without_gradient) \
             - len(row.unreached) - len(row.zero_weight)
         strict = (f'yes ({_cell(row.plain_max_diff)})' if row.strict_load
@@ -494,8 +576,7 @@ def markdown_table(rows: Sequence[CensusRow]) -> str:
         result = 'ok' if row.ok else '; '.join(row.problems)
         size = 'x'.join(map(str, row.input_shape)) or '-'
         lines.append(
-            f'| {name} | {row.model} | {size} | {row.converted} '
-            f'(+{row.added_params:,}) | {left} | '
+            f'| {name} | {row.model} | {size} | {converted} | {left} | '
             f'{_cell(row.loss)} | {with_gradient}/{row.trainable_d}'
             + (f' ({len(row.unreached)} not reached by this step\'s loss)'
                if row.unreached else '')

@@ -22,7 +22,7 @@ from ..cnn.doconv import IncompatibleCheckpointError
 from .checkpoint import (InvalidCheckpointError, UnsafeCheckpointError,
                          model_state_dict_of)
 
-KNOWN_SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
+KNOWN_SCOPES = ('mmdet', 'mmseg', 'mmpretrain', 'mmpose')
 
 __all__ = ['DictAction', 'load_config', 'import_scope', 'default_work_dir',
            'add_hook_once', 'prepare_run_config', 'require_file', 'build_model',
