@@ -129,3 +129,39 @@ def test_init_without_pretrained_keeps_every_other_initialiser():
     assert model.head.init_cfg == [dict(type='Constant', layer='Conv2d',
                                         val=0.25)]
     assert torch.all(model.head.conv.weight == 0.25)
+
+
+def test_pose_models_convert_their_transposed_convs_and_fold_exactly():
+    """mmpose's SimpleBaseline (ResNet-50 + three 4x4 transposed convs in
+    its HeatmapHead, which the switch left plain before) and DEKR
+    (bottom-up): the whole pipeline of each config runs on a synthetic
+    COCO-keypoints sample, a step trains, the fold is exact and the folded
+    weights load strictly into the plain model."""
+    import numpy as np
+
+    from workshop.census import resolve_configs
+    top_down, bottom_up = resolve_configs([
+        'mmpose::body_2d_keypoint/topdown_heatmap/coco/'
+        'td-hm_res50_8xb64-210e_coco-256x192.py',
+        'mmpose::body_2d_keypoint/dekr/coco/'
+        'dekr_hrnet-w32_8xb10-140e_coco-512x512.py'])
+    row = census_of(top_down)
+    assert row.error == '', row.error
+    # ResNet-50: stem 7x7 + 16 3x3; head: 3 transposed 4x4 (the final
+    # 1x1 is pointwise).
+    assert row.converted == 17 + 3
+    assert row.other_convs == {f'head.deconv_layers.{i}': 'ConvTranspose2d'
+                               for i in (0, 3, 6)}
+    assert row.input_shape == (256, 192)  # the config's crop
+    assert np.isfinite(row.loss) and row.compared == "mode='tensor', predict"
+    assert row.fold_max_diff == 0.0 and row.plain_max_diff == 0.0
+    assert row.ok, row.problems
+    assert 'other kinds in the model: 3 ConvTranspose2d' in \
+        markdown_table([row])
+    row = census_of(bottom_up)
+    assert row.error == '', row.error
+    assert row.model == 'BottomupPoseEstimator' and row.input_shape == (512,
+                                                                        512)
+    assert row.trainable_d == row.converted > 200
+    assert row.d_without_gradient == [] and row.unreached == []
+    assert row.ok, row.problems

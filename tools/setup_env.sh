@@ -94,9 +94,21 @@ fi
 step "OpenMMLab stack, test and tool dependencies"
 "${PIP[@]}" install -q -r "$ROOT/requirements.txt"
 "${PIP[@]}" install -q --no-deps -e "$ROOT"
+if ! "$PY" -c 'import mmpose.models, xtcocotools._mask' 2>/dev/null; then
+  # The pose census (workshop/census_zoo_pose.txt, tests/test_census.py).
+  # mmpose declares chumpy, whose build imports pip and fails in pip's
+  # isolated build env; only mmpose's SMPL tools use it, so mmpose goes in
+  # without its declared dependencies and these are installed by hand.
+  # xtcocotools' wheel is built against another numpy ABI ("numpy.dtype size
+  # changed" at import): it is built here against the installed numpy.
+  step "mmpose 1.3.2 (optional OpenMMLab extra; without chumpy), xtcocotools built against this numpy"
+  "${PIP[@]}" install -q cython json_tricks munkres
+  "${PIP[@]}" install -q --no-build-isolation --no-binary xtcocotools xtcocotools==1.14.3
+  "${PIP[@]}" install -q --no-deps mmpose==1.3.2
+fi
 step "fused DO-Conv composition (C++ extension, cached; ~1 min the first time)"
 EXT_LOG="$(mktemp)"
 "$PY" -m mmdoconv.ops.build >"$EXT_LOG" 2>&1 || { cat "$EXT_LOG"; echo "error: the C++ extension did not build"; exit 1; }
 grep -v "No CUDA runtime is found" "$EXT_LOG" || true
 rm -f "$EXT_LOG"
-"$PY" -c "import mmcv.ops, mmdet, mmseg, mmpretrain, mmdoconv; print('environment ready:', 'torch', __import__('torch').__version__, 'mmcv', mmcv.__version__)"
+"$PY" -c "import mmcv.ops, mmdet, mmseg, mmpretrain, mmpose.models, mmdoconv; print('environment ready:', 'torch', __import__('torch').__version__, 'mmcv', mmcv.__version__)"
