@@ -301,3 +301,16 @@ def test_torchvision_video_models_convert_and_fold_exactly(name):
         assert torch.equal(model(x), expected)
         plain.load_state_dict(model.state_dict(), strict=True)
         assert torch.equal(plain.eval()(x), expected)
+
+
+@pytest.mark.parametrize('case', CASES, ids=IDS)
+def test_fx_symbolic_trace_records_the_composition(case):
+    """torch.fx (mmengine's and mmcv's conv-BN tracers) records the
+    composition as one call and the traced module computes the same
+    (mutation: no torch.fx.wrap fails: the autocast check reads a proxy)."""
+    layer, x = _layer(case)
+    module = nn.Sequential(layer).eval()
+    graph = torch.fx.symbolic_trace(module)
+    assert 'compose_any_weight' in graph.code
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), module(x))

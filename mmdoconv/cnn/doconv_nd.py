@@ -72,6 +72,24 @@ def resolve_d_mul_nd(d_mul: Union[None, int, str],
     return int(d_mul)
 
 
+def compose_any_weight(weight: Tensor, d_minus_identity: Tensor,
+                       identity: Tensor, kernel_size: Tuple[int, ...],
+                       groups: int, transposed: bool) -> Tensor:
+    """:func:`~mmdoconv.cnn.compose.compose_any_kernel` in the parameters'
+    dtype (autocast off, as :func:`~mmdoconv.cnn.doconv.compose_weight`);
+    ``torch.fx`` records it as one call (``torch.fx.wrap`` below)."""
+    device_type = weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return compose_any_kernel(weight, d_minus_identity, identity,
+                                      kernel_size, groups, transposed)
+    return compose_any_kernel(weight, d_minus_identity, identity,
+                              kernel_size, groups, transposed)
+
+
+torch.fx.wrap('compose_any_weight')
+
+
 class _DOConvNd(DOConvLayer):
     """The DO-Conv state and forward shared by the 1-D, 3-D and transposed
     layers; mixed in before their ``nn`` class (see the module docstring).
@@ -120,12 +138,9 @@ class _DOConvNd(DOConvLayer):
             self.reset_d()
 
     def _compose(self, weight: Tensor) -> Tensor:
-        device_type = weight.device.type
-        # Under autocast the composition runs in the parameters' dtype.
-        with torch.autocast(device_type, enabled=False):
-            return compose_any_kernel(weight, self.D, self._identity,
-                                      self.kernel_size, self.groups,
-                                      self.transposed)
+        return compose_any_weight(weight, self.D, self._identity,
+                                  self.kernel_size, self.groups,
+                                  self.transposed)
 
     def _recomposes(self, input: Tensor, padding) -> bool:
         return (self.recompute_kernel and torch.is_grad_enabled()
