@@ -22,27 +22,71 @@ def _parametrized_model():
         nn.Conv2d(6, 2, 3, padding=1))
 
 
-def test_parametrized_convs_stay_plain_and_keep_their_parametrization():
-    """Fails if a parametrized conv is converted (mutation: drop the
-    ``_parametrization`` check): its weight would become a plain W."""
+def test_parametrized_convs_keep_their_parametrization_on_w():
+    """torch's parametrize API (weight norm, spectral norm) moves onto the
+    DO-Conv layer's W: at D = I one training step gives the plain
+    parametrized model's outputs and gradients exactly, spectral norm's
+    power-iteration state included (it took a step during conversion
+    before: reading ``weight`` in training mode runs it); the old hooks stay
+    plain, named.  Mutation: dropping the transfer fails (the names and
+    gradients of the parametrization's tensors are gone)."""
     torch.manual_seed(0)
+    plain = _parametrized_model()
+    torch.manual_seed(0)  # the same model again (the hooks cannot deepcopy)
     model = _parametrized_model()
-    names = [n for n, _ in model.named_parameters()]
     report = convert_to_doconv(model)
-    assert report.converted == ['4']
+    assert report.converted == ['0', '1', '4']
     assert report.skipped == {
-        '0': 'parametrized weight (WeightNorm)',
-        '1': 'parametrized weight (SpectralNorm)',
-        '2': 'parametrized weight (WeightNorm hook)',
-        '3': 'parametrized weight (SpectralNorm hook)'}
-    # The parametrizations are there and still train: the names of every
-    # parameter but the converted conv's new D are as they were.
-    assert [n for n, _ in model.named_parameters() if n != '4.D'] == names
-    assert parametrize.is_parametrized(model[0], 'weight')
+        '2': 'parametrized weight (WeightNorm hook; the '
+             'torch.nn.utils.parametrizations form converts)',
+        '3': 'parametrized weight (SpectralNorm hook; the '
+             'torch.nn.utils.parametrizations form converts)'}
+    assert [n for n, _ in model.named_parameters() if not n.endswith('.D')] \
+        == [n for n, _ in plain.named_parameters()]
+    assert isinstance(model[0], DOConv2d) and parametrize.is_parametrized(
+        model[0], 'weight') and parametrize.is_parametrized(model[1])
     x = torch.randn(2, 4, 8, 8)
-    model(x).square().mean().backward()
-    assert model[0].parametrizations.weight.original0.grad is not None
-    assert model[2].weight_g.grad is not None
+    expected, got = plain(x), model(x)
+    assert torch.equal(got, expected)
+    expected.square().mean().backward()
+    got.square().mean().backward()
+    grads = dict(model.named_parameters())
+    for name, parameter in plain.named_parameters():
+        assert torch.equal(grads[name].grad, parameter.grad), name
+    assert torch.equal(model[1].parametrizations.weight[0]._u,
+                       plain[1].parametrizations.weight[0]._u)
+    assert model[0].D.grad.abs().max() > 0 and model[1].D.grad.abs().max() > 0
+
+
+def test_parametrized_convs_fold_to_what_they_compute():
+    """With non-zero D the layer convolves with D^T o parametrization(W);
+    fold and switch_to_deploy bake that in (no parametrization left)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        parametrizations.weight_norm(nn.ConvTranspose2d(4, 6, 2, stride=2)),
+        parametrizations.spectral_norm(nn.Conv2d(6, 6, 3, padding=1)))
+    convert_to_doconv(model)
+    with torch.no_grad():
+        for layer in model:
+            layer.D.normal_(0, 0.3)
+    model.eval()
+    x = torch.randn(2, 4, 5, 5)
+    expected = model(x)
+    folded = [layer.fold() for layer in model]
+    assert not any(parametrize.is_parametrized(layer) for layer in folded)
+    torch.testing.assert_close(nn.Sequential(*folded)(x), expected)
+    for layer in model:
+        layer.switch_to_deploy()
+        assert not parametrize.is_parametrized(layer) and layer.D is None
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_parametrized_conv_with_a_larger_d_mul_stays_plain():
+    model = nn.Sequential(
+        parametrizations.weight_norm(nn.Conv2d(4, 6, 3, padding=1)))
+    report = convert_to_doconv(model, D_mul=16)
+    assert report.converted == [] and report.skipped == {
+        '0': 'parametrized weight (WeightNorm) with D_mul=16 > 9'}
 
 
 def test_conversion_adding_more_than_the_model_is_refused_before_anything():

@@ -233,7 +233,8 @@ def _pose_results(cfg: Config, split: str, height: int, width: int,
         keypoints_visible=np.ones((people, count), np.float32),
         num_keypoints=np.full(people, count), iscrowd=np.zeros(people),
         area=np.prod(boxes[:, 2:] - boxes[:, :2], axis=1),
-        id=list(range(people)), category_id=[1] * people, invalid_segs=[],
+        id=np.arange(people), category_id=np.ones(people, dtype=np.int64),
+        invalid_segs=[],
         raw_ann_info=None)
     if people == 1:
         results.update(id=0, category_id=1)

@@ -6,11 +6,12 @@ configured that way, but many heads build ``nn.Conv2d`` directly; converting
 the built model reaches every conv, in any model (torchvision, timm, your
 own).
 """
+import contextlib
 import fnmatch
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -71,7 +72,8 @@ def added_parameters(conv: nn.modules.conv._ConvNd, d_mul: int) -> int:
     ``(C_in, K, D_mul)`` for the kernel's ``K`` positions, and W's growth
     from ``K`` to ``D_mul`` entries per pair of its first two dimensions."""
     kernel_numel = math.prod(conv.kernel_size)
-    pairs = conv.weight.shape[0] * conv.weight.shape[1]
+    with _parametrizations_in_eval(conv):
+        pairs = conv.weight.shape[0] * conv.weight.shape[1]
     return conv.in_channels * kernel_numel * d_mul + pairs * (
         d_mul - kernel_numel)
 
@@ -85,30 +87,79 @@ def conv_kind(module: nn.Module) -> Optional[str]:
     return None
 
 
-def _parametrization(conv: nn.Conv2d) -> Optional[str]:
-    """Why a conv's weight is not a plain parameter, or None.
-
-    torch's ``parametrize`` API (``parametrizations.weight_norm``,
-    ``spectral_norm``, orthogonal ...) and the older hook-based
-    ``weight_norm`` / ``spectral_norm`` compute ``weight`` from other
-    tensors on every forward.  A DO-Conv layer made from such a conv would
-    train a plain W and silently drop the parametrization, so these convs
-    stay plain, named in the report.
-    """
+def _parametrization_names(conv: nn.Module) -> str:
     from torch.nn.utils import parametrize
+    return ', '.join(sorted({type(p).__name__.lstrip('_')
+                             for plist in conv.parametrizations.values()
+                             for p in plist})) \
+        if parametrize.is_parametrized(conv) else ''
+
+
+def _hook_parametrization(conv: nn.Module) -> Optional[str]:
+    """Why a conv whose weight the older hook-based ``weight_norm`` /
+    ``spectral_norm`` computes stays plain, or None.
+
+    The hooks recompute ``weight`` as a plain attribute before every
+    forward; a DO-Conv layer made from such a conv would train a plain W
+    and silently drop them.  torch's ``parametrize`` API (what
+    ``torch.nn.utils.parametrizations`` uses) is moved onto the DO-Conv
+    layer's W instead (:func:`_transfer_parametrizations`).
+    """
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
-    if parametrize.is_parametrized(conv):
-        kinds = sorted({type(p).__name__.lstrip('_')
-                        for plist in conv.parametrizations.values()
-                        for p in plist})
-        return f'parametrized weight ({", ".join(kinds)})'
     hooks = sorted({type(hook).__name__
                     for hook in conv._forward_pre_hooks.values()
                     if isinstance(hook, (WeightNorm, SpectralNorm))})
     if hooks:
-        return f'parametrized weight ({", ".join(hooks)} hook)'
+        return (f'parametrized weight ({", ".join(hooks)} hook; the '
+                'torch.nn.utils.parametrizations form converts)')
     return None
+
+
+@contextlib.contextmanager
+def _parametrizations_in_eval(conv: nn.Module) -> Iterator[None]:
+    """Hold ``conv``'s parametrizations in eval mode inside the block.
+
+    Reading ``conv.weight`` runs them; in training mode spectral norm then
+    takes a power-iteration step and changes its ``u``/``v``, so the
+    converted model would no longer compute what the model computed.
+    """
+    modes = {module: module.training
+             for plist in getattr(conv, 'parametrizations', {}).values()
+             for module in plist}
+    for module in modes:
+        module.train(False)
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.train(mode)
+
+
+def _weight_requires_grad(conv: nn.Module) -> bool:
+    """Whether ``conv``'s W trains: for a parametrized weight, whether a
+    tensor its parametrization reads does (``conv.weight`` computed under
+    ``no_grad`` never requires grad)."""
+    parametrizations = getattr(conv, 'parametrizations', None)
+    if parametrizations is not None and 'weight' in parametrizations:
+        return any(p.requires_grad
+                   for p in parametrizations['weight'].parameters())
+    return conv.weight.requires_grad
+
+
+def _transfer_parametrizations(conv: nn.Module, layer: nn.Module) -> None:
+    """Move ``conv``'s parametrizations (weight norm, spectral norm,
+    orthogonal ...) and their original tensors onto ``layer``: its W is then
+    what the parametrization computes, and D composes with it.
+
+    Registering runs each parametrization once, in the host's training mode
+    (torch sets it to the host's): the layer is in eval mode meanwhile, so
+    spectral norm takes no power-iteration step; the caller sets the
+    layer's mode afterwards.
+    """
+    from torch.nn.utils import parametrize
+    layer.train(False)
+    parametrize.transfer_parametrizations_and_params(conv, layer)
 
 
 def _same_computation_subclasses() -> tuple:
@@ -179,7 +230,6 @@ def _resolve_d_mul(d_mul: Union[None, int, str],
         else resolve_d_mul_nd(d_mul, kernel_size)
 
 
-@torch.no_grad()
 def doconv_like(conv: nn.modules.conv._ConvNd,
                 D_mul: Union[None, int, str] = None,
                 D_init: str = 'identity',
@@ -187,13 +237,21 @@ def doconv_like(conv: nn.modules.conv._ConvNd,
     """The DO-Conv layer of ``conv``'s kind (:class:`DOConv2d`, its twin for
     mmcv's ``Conv2dAdaptivePadding``, which pads as it does, or a layer of
     :mod:`~mmdoconv.cnn.doconv_nd`) with ``conv``'s hyper-parameters, W and
-    bias.
+    bias, and its parametrizations (weight norm ...) on W.
 
     With ``D_init='identity'`` (D = I) it computes exactly what ``conv``
     computes; for ``D_mul > K`` W is padded with zeros, which composes back
     to the same kernel.  Device, dtype and ``requires_grad`` are kept; D
     is trainable exactly when W is.
     """
+    with _parametrizations_in_eval(conv):
+        return _doconv_like(conv, D_mul, D_init, recompute_kernel)
+
+
+@torch.no_grad()
+def _doconv_like(conv: nn.modules.conv._ConvNd,
+                 D_mul: Union[None, int, str], D_init: str,
+                 recompute_kernel: bool) -> DOConvLayer:
     arguments = dict(
         stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
         groups=conv.groups, bias=conv.bias is not None,
@@ -210,7 +268,8 @@ def doconv_like(conv: nn.modules.conv._ConvNd,
     rows = conv.weight.reshape(*conv.weight.shape[:2], 1, kernel_numel)
     layer.weight.copy_(weight_for_kernel(rows, layer.D_mul).reshape(
         layer.weight.shape))
-    layer.weight.requires_grad_(conv.weight.requires_grad)
+    trainable = _weight_requires_grad(conv)
+    layer.weight.requires_grad_(trainable)
     if conv.bias is not None:
         layer.bias.copy_(conv.bias)
         layer.bias.requires_grad_(conv.bias.requires_grad)
@@ -223,8 +282,10 @@ def doconv_like(conv: nn.modules.conv._ConvNd,
         if name in layer._buffers:
             layer._buffers[name].copy_(torch.tensor(value))
     layer.reset_d()
+    if _parametrization_names(conv):
+        _transfer_parametrizations(conv, layer)
     # A frozen conv (e.g. a backbone's frozen_stages) stays frozen, D too.
-    layer.D.requires_grad_(conv.weight.requires_grad)
+    layer.D.requires_grad_(trainable)
     layer.train(conv.training)
     return layer
 
@@ -246,11 +307,14 @@ def convert_to_doconv(model: nn.Module,
     ``forward`` and ``_conv_forward``), mmcv's wrappers (``Conv2d``,
     ``Conv3d``, ``ConvTranspose2d/3d``: their forwards differ only on torch
     < 1.4), and mmcv's ``Conv2dAdaptivePadding`` (to a twin that pads as it
-    does).  Left alone and reported: kernels of one position (1x1: no
-    spatial patch to over-parameterize, paper §4), convs with their own
-    forward (DCN, ConvWS, SAC, MaskedConv2d ...), convs
-    whose weight is parametrized (weight norm, spectral norm: see
-    :func:`_parametrization`), layers that are DO-Conv already (so
+    does).  A conv parametrized through torch's ``parametrize`` API (weight
+    norm, spectral norm, orthogonal ...) keeps its parametrization on the
+    DO-Conv layer's W (W' = D^T o parametrization(...)).  Left alone and
+    reported: kernels of one position (1x1: no spatial patch to
+    over-parameterize, paper §4), convs with their own forward (DCN, ConvWS,
+    SAC, MaskedConv2d ...), convs parametrized by the older hooks (see
+    :func:`_hook_parametrization`) or with ``D_mul > K`` (W's shape would
+    change under the parametrization), layers that are DO-Conv already (so
     converting twice is a no-op), and convs outside ``include`` or inside
     ``exclude``.
 
@@ -325,8 +389,8 @@ def convert_to_doconv(model: nn.Module,
             reason = UNSUPPORTED_KIND.format(type(child).__name__)
         elif kind not in wanted_kinds:
             reason = f'kind not converted ({kind})'
-        elif _parametrization(child) is not None:
-            reason = _parametrization(child)
+        elif _hook_parametrization(child) is not None:
+            reason = _hook_parametrization(child)
         elif _has_own_forward(child, kind):
             reason = f'own forward ({type(child).__name__})'
         elif includes and not _matches(name, includes):
@@ -340,6 +404,14 @@ def convert_to_doconv(model: nn.Module,
             d_mul = _resolve_d_mul(D_mul, child.kernel_size)
         except ValueError as error:
             raise ValueError(f'{name}: {error}') from None
+        if _parametrization_names(child) and d_mul != math.prod(
+                child.kernel_size):
+            # A D_mul > K layer's W has another shape than the tensors the
+            # parametrization was made for.
+            report.skipped[name] = (
+                f'parametrized weight ({_parametrization_names(child)}) '
+                f'with D_mul={d_mul} > {math.prod(child.kernel_size)}')
+            continue
         report.converted.append(name)
         added[name] = added_parameters(child, d_mul)
     report.added_params = sum(added.values())

@@ -10,6 +10,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.modules.utils import _pair
 
 from ..ops.tracing import is_capturing_graph, is_tracing
@@ -235,8 +236,14 @@ class DOConvLayer:
         if self.D is None:
             return
         kernel = self._compose(self.weight)
-        self.weight = nn.Parameter(
-            kernel, requires_grad=self.weight.requires_grad)
+        requires_grad = self.weight.requires_grad
+        if parametrize.is_parametrized(self):
+            # Deployed, W' is the parameter: what the parametrizations
+            # compute is baked in (leaving W'=the parametrization of W'
+            # would apply them twice).
+            for name in list(self.parametrizations):
+                parametrize.remove_parametrizations(self, name)
+        self.weight = nn.Parameter(kernel, requires_grad=requires_grad)
         self.D = None
         self._identity = None
         for name in self._LAYOUT_BUFFERS:
