@@ -344,7 +344,7 @@ def test_synthetic_data_never_touches_real_data(run_cli, tmp_path):
     ('analysis_tools/doconv_census.py', ['mmdet::no_such_family/*.py'],
      ['mmdet::no_such_family/*.py', 'matches no file']),
     ('analysis_tools/doconv_census.py', ['mmfoo::resnet/*.py'],
-     ['mmfoo', 'mmdet, mmseg or mmpretrain']),
+     ['mmfoo', "['mmdet', 'mmpose', 'mmpretrain', 'mmseg']"]),
     ('analysis_tools/doconv_census.py', ['{config}', '--out', '{config}'],
      ['exists; pass --overwrite']),
 ])

@@ -198,3 +198,30 @@ def test_every_conv_kind_is_converted_and_kinds_leaves_one_out():
     with pytest.raises(ValueError, match=r"kinds must name conv kinds .*"
                        r"'Conv4d'"):
         convert_to_doconv(model(), kinds=['Conv2d', 'Conv4d'])
+
+
+def test_masked_convs_convert_and_fold_back_to_their_class():
+    """mmcv's MaskedConv2d (GA-RetinaNet's retina_cls / retina_reg) was
+    left plain as 'own forward'.  Its twin is the DO-Conv layer without a
+    mask (training: mmcv's masked op has no backward, and no CPU kernel) and
+    folds back to a MaskedConv2d holding W'; the masked path runs on CUDA in
+    tools/misc/gpu_check.py."""
+    from mmcv.ops import MaskedConv2d
+
+    from mmdoconv import fold_doconv
+    from mmdoconv.cnn.masked_conv import DOMaskedConv2d
+    torch.manual_seed(0)
+    model = nn.Sequential(MaskedConv2d(3, 4, 3, padding=1))
+    x = torch.randn(2, 3, 6, 6)
+    expected = model(x)
+    assert convert_to_doconv(model).converted == ['0']
+    assert type(model[0]) is DOMaskedConv2d
+    assert torch.equal(model(x), expected)
+    with torch.no_grad():
+        model[0].D.normal_(0, 0.3)
+        unfolded = model(x)
+        kernel = model[0]._compose(model[0].weight)
+        fold_doconv(model)
+    assert type(model[0]) is MaskedConv2d
+    assert torch.equal(model[0].weight, kernel)
+    assert torch.equal(model(x), unfolded)

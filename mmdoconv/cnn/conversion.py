@@ -179,12 +179,22 @@ def _same_computation_subclasses() -> tuple:
 def _doconv_twins() -> Dict[type, type]:
     """``nn.Conv2d`` subclasses with their own forward that have a DO-Conv
     twin computing the same with D (the twin folds back to the class)."""
+    twins = {}
     try:
         from mmcv.cnn.bricks import Conv2dAdaptivePadding
     except ImportError:
-        return {}
-    from .adaptive_padding import DOConv2dAdaptivePadding
-    return {Conv2dAdaptivePadding: DOConv2dAdaptivePadding}
+        pass
+    else:
+        from .adaptive_padding import DOConv2dAdaptivePadding
+        twins[Conv2dAdaptivePadding] = DOConv2dAdaptivePadding
+    try:
+        from mmcv.ops import MaskedConv2d
+    except ImportError:  # mmcv without its compiled ops
+        pass
+    else:
+        from .masked_conv import DOMaskedConv2d
+        twins[MaskedConv2d] = DOMaskedConv2d
+    return twins
 
 
 def _has_own_forward(conv: nn.modules.conv._ConvNd, kind: str) -> bool:
@@ -307,12 +317,13 @@ def convert_to_doconv(model: nn.Module,
     ``forward`` and ``_conv_forward``), mmcv's wrappers (``Conv2d``,
     ``Conv3d``, ``ConvTranspose2d/3d``: their forwards differ only on torch
     < 1.4), and mmcv's ``Conv2dAdaptivePadding`` (to a twin that pads as it
-    does).  A conv parametrized through torch's ``parametrize`` API (weight
+    does), and mmcv's ``MaskedConv2d`` (GA-RetinaNet; to a twin that masks
+    as it does).  A conv parametrized through torch's ``parametrize`` API (weight
     norm, spectral norm, orthogonal ...) keeps its parametrization on the
     DO-Conv layer's W (W' = D^T o parametrization(...)).  Left alone and
     reported: kernels of one position (1x1: no spatial patch to
     over-parameterize, paper §4), convs with their own forward (DCN, ConvWS,
-    SAC, MaskedConv2d ...), convs parametrized by the older hooks (see
+    SAC ...), convs parametrized by the older hooks (see
     :func:`_hook_parametrization`) or with ``D_mul > K`` (W's shape would
     change under the parametrization), layers that are DO-Conv already (so
     converting twice is a no-op), and convs outside ``include`` or inside
