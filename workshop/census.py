@@ -593,6 +593,29 @@ def markdown_table(rows: Sequence[CensusRow]) -> str:
     lines.append('')
     lines.append(f'{passed} of {len(rows)} configs convert every non-pointwise '
                  'conv, train a step and fold exactly.')
+    return '\n'.join(lines) + '\n\n' + scope_summary(rows)
+
+
+def scope_summary(rows: Sequence[CensusRow]) -> str:
+    """One markdown row per OpenMMLab scope: configs, those that pass,
+    convs converted (those of other kinds than 2-D among them) and the
+    parameters D adds."""
+    scopes: Dict[str, List[CensusRow]] = {}
+    for row in rows:
+        name = short_name(row.config)
+        scopes.setdefault(name.split('::')[0] if '::' in name else 'local',
+                          []).append(row)
+    lines = ['| zoo | configs | convert every conv, train a step, fold '
+             'exactly | convs converted | of them 1-D, 3-D or transposed | '
+             'parameters D adds |', '|---|---|---|---|---|---|']
+    for scope, members in scopes.items():
+        other = sum(len([name for name in row.other_convs
+                         if name not in row.left_plain]) for row in members)
+        lines.append(
+            f'| {scope} | {len(members)} | '
+            f'{sum(row.ok for row in members)} | '
+            f'{sum(row.converted for row in members):,} | {other} | '
+            f'{sum(row.added_params for row in members):,} |')
     return '\n'.join(lines)
 
 
@@ -603,4 +626,5 @@ def as_json(rows: Sequence[CensusRow]) -> List[dict]:
 
 
 __all__ = ['CensusRow', 'resolve_configs', 'census_of', 'markdown_table',
+           'scope_summary',
            'as_json', 'short_name', 'synthetic_batch']

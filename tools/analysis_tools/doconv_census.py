@@ -4,12 +4,14 @@
         'mmseg::pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py' --out census.json
     python tools/analysis_tools/doconv_census.py @workshop/census_zoo.txt \
         --out census.json --markdown census.md     # the census page's table (docs/en/user_guides/census.md)
+    python tools/analysis_tools/doconv_census.py @workshop/census_zoo_pose.txt   # mmpose 1.3, top-down and bottom-up
 
 For each config (OpenMMLab scope globs or local globs), with no pretrained
 weights: converts the model as ``runner_type='DOConvRunner'`` does, counts the
-convs converted and left plain, trains one step on a synthetic batch with
-random D, folds, compares outputs, and loads the folded weights strictly into
-the plain model.  Prints a markdown table and a summary line; writes JSON.
+convs converted (of every kind: 2-D, 1-D, 3-D, transposed) and left plain,
+trains one step on a synthetic batch with random D, folds, compares outputs,
+and loads the folded weights strictly into the plain model.  Prints a
+markdown table, a summary line and a per-zoo summary; writes JSON.
 Exits 1 when a config fails.
 """
 import argparse
@@ -30,7 +32,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], fromfile_prefix_chars='@')
     parser.add_argument('configs', nargs='+',
-                        help="config globs, e.g. 'mmdet::retinanet/*.py'; "
+                        help="config globs, e.g. 'mmdet::retinanet/*.py' "
+                        "(scopes mmdet, mmseg, mmpretrain, mmpose); "
                         '@FILE reads them from FILE, one per line')
     parser.add_argument('--out', help='JSON file to write')
     parser.add_argument('--markdown', help='markdown file to write the table to')
