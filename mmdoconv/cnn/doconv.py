@@ -158,6 +158,22 @@ class DOConvLayer:
     def _compose(self, weight: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def reset_parameters(self) -> None:
+        """Initialise W and bias as the ``nn`` conv does, and D (stored as
+        D - I)."""
+        super().reset_parameters()
+        # The nn constructor calls this before D exists.
+        if getattr(self, 'D', None) is not None:
+            self.reset_d()
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.D is not None:
+            init = '' if self.D_init == 'identity' else ', D_init=random'
+            keep = '' if self.recompute_kernel else ', recompute_kernel=False'
+            return text + f', D_mul={self.D_mul}{init}{keep}'
+        return text + (', folded' if math.prod(self.kernel_size) > 1 else '')
+
     def composed_weight(self) -> Tensor:
         """The plain conv kernel ``W'`` this layer currently convolves with."""
         if self.D is None:
@@ -378,13 +394,6 @@ class DOConv2d(DOConvLayer, nn.Conv2d):
             persistent=False)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Initialise W and bias as nn.Conv2d does, and D (stored as D - I)."""
-        super().reset_parameters()
-        # nn.Conv2d.__init__ calls this before D exists.
-        if getattr(self, 'D', None) is not None:
-            self.reset_d()
-
     def _compose(self, weight: Tensor) -> Tensor:
         return compose_weight(weight, self.D, self._identity,
                               self.kernel_size, self.groups)
@@ -521,13 +530,3 @@ class DOConv2d(DOConvLayer, nn.Conv2d):
                     f'{kernel_numel}, which no DO-Conv layer has: it is not '
                     'a DO-Conv checkpoint of this model')
         return f'build the model with D_mul={loaded_shape[2]}, {fold}'
-
-    def extra_repr(self) -> str:
-        text = super().extra_repr()
-        if self.D is not None:
-            init = '' if self.D_init == 'identity' else ', D_init=random'
-            keep = '' if self.recompute_kernel else ', recompute_kernel=False'
-            return text + f', D_mul={self.D_mul}{init}{keep}'
-        if self.kernel_size != (1, 1):
-            return text + ', folded'
-        return text

@@ -40,6 +40,7 @@ _EXTENT_RULES = {
     '2Mx2N': lambda k: 2 * k,
 }
 assert set(_EXTENT_RULES) == set(D_MUL_RULES)
+_SIZE = Union[int, Tuple[int, ...]]
 
 
 def resolve_d_mul_nd(d_mul: Union[None, int, str],
@@ -130,13 +131,6 @@ class _DOConvNd(DOConvLayer):
             persistent=False)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Initialise W and bias as the ``nn`` conv does, and D."""
-        super().reset_parameters()
-        # The nn constructor calls this before D exists.
-        if getattr(self, 'D', None) is not None:
-            self.reset_d()
-
     def _compose(self, weight: Tensor) -> Tensor:
         return compose_any_weight(weight, self.D, self._identity,
                                   self.kernel_size, self.groups,
@@ -222,17 +216,23 @@ class _DOConvNd(DOConvLayer):
                 f'layer\'s kernel_size {self.kernel_size}')
         missing_keys.extend(local_missing)
 
-    def extra_repr(self) -> str:
-        text = super().extra_repr()
-        if self.D is not None:
-            init = '' if self.D_init == 'identity' else ', D_init=random'
-            keep = '' if self.recompute_kernel else ', recompute_kernel=False'
-            return text + f', D_mul={self.D_mul}{init}{keep}'
-        return text + (', folded' if math.prod(self.kernel_size) > 1 else '')
-
 
 class _DOConvForward(_DOConvNd):
-    """Forward of the 1-D and 3-D layers."""
+    """Constructor (``nn.Conv1d/3d``'s arguments, then :class:`DOConv1d`'s)
+    and forward of the 1-D and 3-D layers."""
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: _SIZE, stride: _SIZE = 1,
+                 padding: Union[str, _SIZE] = 0, dilation: _SIZE = 1,
+                 groups: int = 1, bias: bool = True,
+                 padding_mode: str = 'zeros', device=None, dtype=None,
+                 D_mul: Union[None, int, str] = None,
+                 D_init: str = 'identity',
+                 recompute_kernel: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         padding, dilation, groups, bias, padding_mode,
+                         device, dtype)
+        self._init_doconv(D_mul, D_init, recompute_kernel, device, dtype)
 
     def _conv_forward(self, input: Tensor, weight: Tensor,
                       bias: Optional[Tensor]) -> Tensor:
@@ -249,7 +249,22 @@ class _DOConvForward(_DOConvNd):
 
 
 class _DOConvTransposeForward(_DOConvNd):
-    """Forward of the transposed layers (``output_size`` as in ``nn``)."""
+    """Constructor (``nn.ConvTranspose*``'s arguments, then
+    :class:`DOConv1d`'s) and forward (``output_size`` as in ``nn``) of the
+    transposed layers."""
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: _SIZE, stride: _SIZE = 1, padding: _SIZE = 0,
+                 output_padding: _SIZE = 0, groups: int = 1,
+                 bias: bool = True, dilation: _SIZE = 1,
+                 padding_mode: str = 'zeros', device=None, dtype=None,
+                 D_mul: Union[None, int, str] = None,
+                 D_init: str = 'identity',
+                 recompute_kernel: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         padding, output_padding, groups, bias, dilation,
+                         padding_mode, device, dtype)
+        self._init_doconv(D_mul, D_init, recompute_kernel, device, dtype)
 
     def _fold_kwargs(self) -> dict:
         return dict(super()._fold_kwargs(),
@@ -275,9 +290,6 @@ class _DOConvTransposeForward(_DOConvNd):
                         self.groups, self.dilation)
 
 
-_SIZE = Union[int, Tuple[int, ...]]
-
-
 class DOConv1d(_DOConvForward, nn.Conv1d):
     """DO-Conv for ``nn.Conv1d``: trains ``D`` and ``W`` and convolves with
     ``W' = D^T o W``; :meth:`fold` gives an ``nn.Conv1d``.
@@ -295,19 +307,6 @@ class DOConv1d(_DOConvForward, nn.Conv1d):
 
     plain_base = plain_type = nn.Conv1d
 
-    def __init__(self, in_channels: int, out_channels: int,
-                 kernel_size: _SIZE, stride: _SIZE = 1,
-                 padding: Union[str, _SIZE] = 0, dilation: _SIZE = 1,
-                 groups: int = 1, bias: bool = True,
-                 padding_mode: str = 'zeros', device=None, dtype=None,
-                 D_mul: Union[None, int, str] = None,
-                 D_init: str = 'identity',
-                 recompute_kernel: bool = True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride,
-                         padding, dilation, groups, bias, padding_mode,
-                         device, dtype)
-        self._init_doconv(D_mul, D_init, recompute_kernel, device, dtype)
-
 
 class DOConv3d(_DOConvForward, nn.Conv3d):
     """DO-Conv for ``nn.Conv3d`` (video models); as :class:`DOConv1d`,
@@ -315,39 +314,8 @@ class DOConv3d(_DOConvForward, nn.Conv3d):
 
     plain_base = plain_type = nn.Conv3d
 
-    def __init__(self, in_channels: int, out_channels: int,
-                 kernel_size: _SIZE, stride: _SIZE = 1,
-                 padding: Union[str, _SIZE] = 0, dilation: _SIZE = 1,
-                 groups: int = 1, bias: bool = True,
-                 padding_mode: str = 'zeros', device=None, dtype=None,
-                 D_mul: Union[None, int, str] = None,
-                 D_init: str = 'identity',
-                 recompute_kernel: bool = True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride,
-                         padding, dilation, groups, bias, padding_mode,
-                         device, dtype)
-        self._init_doconv(D_mul, D_init, recompute_kernel, device, dtype)
 
-
-class _DOConvTransposeNd(_DOConvTransposeForward):
-    """The constructor of the transposed layers (``nn.ConvTranspose*``'s
-    arguments, then :class:`DOConv1d`'s)."""
-
-    def __init__(self, in_channels: int, out_channels: int,
-                 kernel_size: _SIZE, stride: _SIZE = 1, padding: _SIZE = 0,
-                 output_padding: _SIZE = 0, groups: int = 1,
-                 bias: bool = True, dilation: _SIZE = 1,
-                 padding_mode: str = 'zeros', device=None, dtype=None,
-                 D_mul: Union[None, int, str] = None,
-                 D_init: str = 'identity',
-                 recompute_kernel: bool = True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride,
-                         padding, output_padding, groups, bias, dilation,
-                         padding_mode, device, dtype)
-        self._init_doconv(D_mul, D_init, recompute_kernel, device, dtype)
-
-
-class DOConvTranspose1d(_DOConvTransposeNd, nn.ConvTranspose1d):
+class DOConvTranspose1d(_DOConvTransposeForward, nn.ConvTranspose1d):
     """DO-Conv for ``nn.ConvTranspose1d``: each input channel's ``D``
     composes its block of ``W`` (``(C_in, C_out/groups, k)``); folds to an
     ``nn.ConvTranspose1d``."""
@@ -355,14 +323,14 @@ class DOConvTranspose1d(_DOConvTransposeNd, nn.ConvTranspose1d):
     plain_base = plain_type = nn.ConvTranspose1d
 
 
-class DOConvTranspose2d(_DOConvTransposeNd, nn.ConvTranspose2d):
+class DOConvTranspose2d(_DOConvTransposeForward, nn.ConvTranspose2d):
     """DO-Conv for ``nn.ConvTranspose2d`` (mask heads' upsampling, decoders);
     as :class:`DOConvTranspose1d`."""
 
     plain_base = plain_type = nn.ConvTranspose2d
 
 
-class DOConvTranspose3d(_DOConvTransposeNd, nn.ConvTranspose3d):
+class DOConvTranspose3d(_DOConvTransposeForward, nn.ConvTranspose3d):
     """DO-Conv for ``nn.ConvTranspose3d``; as :class:`DOConvTranspose1d`."""
 
     plain_base = plain_type = nn.ConvTranspose3d

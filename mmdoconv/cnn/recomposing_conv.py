@@ -112,12 +112,9 @@ class RecomposingConv2d(torch.autograd.Function):
             # (its graph reaches the saved inputs' own graphs).
             output = _composed_conv(conv_input, weight, d_minus_identity,
                                     identity, bias, ctx.conv_args)
-            wanted = list(zip((conv_input, weight, d_minus_identity, bias),
-                              (ctx.needs_input_grad[i] for i in (0, 1, 2, 4))))
-            inputs = [t for t, need in wanted if need]
-            grads = iter(torch.autograd.grad(
-                output, inputs, grad_output, create_graph=True))
-            results = [next(grads) if need else None for _, need in wanted]
+            results = _differentiate(
+                output, (conv_input, weight, d_minus_identity, bias),
+                [ctx.needs_input_grad[i] for i in (0, 1, 2, 4)], grad_output)
         else:
             results = _backward(grad_output, conv_input, weight,
                                 d_minus_identity, identity, bias,
@@ -127,6 +124,17 @@ class RecomposingConv2d(torch.autograd.Function):
             grad_input = grad_input.to(ctx.input_dtype)
         return (grad_input, grad_weight, grad_d, None, grad_bias, None, None,
                 None, None, None, None)
+
+
+def _differentiate(output: Tensor, inputs: Sequence[Optional[Tensor]],
+                   needs: Sequence[bool], grad_output: Tensor) -> list:
+    """Gradients of a differentiable recomputation of the forward, for
+    ``create_graph=True`` (their graph reaches the inputs' own graphs);
+    None where not needed."""
+    wanted = [tensor for tensor, need in zip(inputs, needs) if need]
+    grads = iter(torch.autograd.grad(output, wanted, grad_output,
+                                     create_graph=True))
+    return [next(grads) if need else None for need in needs]
 
 
 def _composed_conv(conv_input: Tensor, weight: Tensor,
@@ -321,12 +329,9 @@ class RecomposingConvNd(torch.autograd.Function):
             output = _composed_conv_nd(conv_input, weight, d_minus_identity,
                                        identity, bias, ctx.conv_args,
                                        ctx.autocast_dtype)
-            wanted = list(zip((conv_input, weight, d_minus_identity, bias),
-                              needs))
-            grads = iter(torch.autograd.grad(
-                output, [t for t, need in wanted if need], grad_output,
-                create_graph=True))
-            results = [next(grads) if need else None for _, need in wanted]
+            results = _differentiate(
+                output, (conv_input, weight, d_minus_identity, bias), needs,
+                grad_output)
         else:
             results = _backward_nd(grad_output, conv_input, weight,
                                    d_minus_identity, identity, bias, needs,
