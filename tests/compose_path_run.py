@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdoconv import DOConv2d, fold_doconv
+from mmdoconv import DOConv2d, DOConvLayer, DOConvTranspose2d, fold_doconv
 from mmdoconv.ops.fused_compose import fused_backend
 from toy import ToyNet, toy_runner
 
 
 class MixedNet(ToyNet):
-    """Dense, depthwise, grouped and D_mul > M*N DO-Conv layers, with BN."""
+    """Dense, depthwise, grouped, D_mul > M*N and transposed DO-Conv layers,
+    with BN."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -29,6 +30,7 @@ class MixedNet(ToyNet):
             DOConv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
             DOConv2d(8, 8, 3, padding=1, groups=2, D_mul=12), nn.ReLU(),
             DOConv2d(8, 8, (1, 3), padding=(0, 1), recompute_kernel=False),
+            DOConvTranspose2d(8, 8, 2, stride=2), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
 
 
@@ -37,7 +39,7 @@ def main(work_dir: str, out: str) -> None:
     model = MixedNet()
     with torch.no_grad():  # non-zero D: D = I would prove nothing
         for layer in model.modules():
-            if isinstance(layer, DOConv2d):
+            if isinstance(layer, DOConvLayer):
                 layer.D.normal_(0, 0.3)
     # The first composition happens under no_grad, as in an eval before
     # training: the backend choice (and the Triton self-check) runs there.
