@@ -52,10 +52,16 @@ class IncompatibleCheckpointError(ValueError):
 #: M*N, (M+2)*(N+2), (2M)*(2N)).  The names have no brackets or commas, so
 #: they survive ``--cfg-options`` (mmengine's DictAction reads "(...)" as a
 #: tuple); the paper's spellings are accepted as aliases in config files.
+#: Each rule per kernel extent: a rule's ``D_mul`` is the product over the
+#: kernel's extents (1-D, 2-D and 3-D kernels alike).
+EXTENT_RULES: Dict[str, Callable[[int], int]] = {
+    'MxN': lambda k: k,
+    'M+2xN+2': lambda k: k + 2,
+    '2Mx2N': lambda k: 2 * k,
+}
 D_MUL_RULES: Dict[str, Callable[[int, int], int]] = {
-    'MxN': lambda m, n: m * n,
-    'M+2xN+2': lambda m, n: (m + 2) * (n + 2),
-    '2Mx2N': lambda m, n: 4 * m * n,
+    name: (lambda m, n, extent=extent: extent(m) * extent(n))
+    for name, extent in EXTENT_RULES.items()
 }
 D_MUL_ALIASES = {'M*N': 'MxN', '(M+2)*(N+2)': 'M+2xN+2', '(2M)*(2N)': '2Mx2N'}
 D_INITS = ('identity', 'random')
@@ -93,24 +99,33 @@ def resolve_d_mul(d_mul: Union[None, int, str], kernel_size: _size_2_t) -> int:
         ValueError: If ``d_mul < M*N`` (``W'`` could then not express every
             plain kernel, paper §3), or the rule name is unknown.
     """
-    kernel_h, kernel_w = _check_positive_pair('kernel_size', kernel_size)
-    kernel_numel = kernel_h * kernel_w
+    extents = _check_positive_pair('kernel_size', kernel_size)
+    return resolve_d_mul_nd(d_mul, extents, bound='M*N')
+
+
+def resolve_d_mul_nd(d_mul: Union[None, int, str],
+                     kernel_size: Tuple[int, ...], bound: str = 'K') -> int:
+    """:func:`resolve_d_mul` for a kernel of any dimension: a rule applies
+    to every extent (``'M+2xN+2'`` of a 3x3x3 kernel is 5*5*5), an int must
+    be at least the kernel's ``K`` positions (``bound`` names ``K`` in the
+    message)."""
+    kernel_numel = math.prod(kernel_size)
     if d_mul is None:
         return kernel_numel
     if isinstance(d_mul, str):
         rule = D_MUL_ALIASES.get(d_mul, d_mul)
-        if rule not in D_MUL_RULES:
+        if rule not in EXTENT_RULES:
             raise ValueError(f'D_mul rule must be one of '
                              f'{sorted(D_MUL_RULES)} (or the paper\'s '
                              f'{sorted(D_MUL_ALIASES)}), but got {d_mul!r}')
-        return D_MUL_RULES[rule](kernel_h, kernel_w)
+        return math.prod(EXTENT_RULES[rule](k) for k in kernel_size)
     if not isinstance(d_mul, numbers.Integral) or isinstance(d_mul, bool):
         raise TypeError(f'D_mul must be an int or a rule name, but got '
                         f'{d_mul!r} of type {type(d_mul).__name__}')
     if d_mul < kernel_numel:
         raise ValueError(
-            f'D_mul must be >= M*N = {kernel_numel} for a {kernel_h}x'
-            f'{kernel_w} kernel, but got {d_mul}')
+            f'D_mul must be >= {bound} = {kernel_numel} for a '
+            f'{"x".join(map(str, kernel_size))} kernel, but got {d_mul}')
     return int(d_mul)
 
 

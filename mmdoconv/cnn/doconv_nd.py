@@ -18,7 +18,6 @@ state dict alone (a transposed and a plain conv's entries can have the same
 shapes).  Both are dropped by folding.
 """
 import math
-import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -27,50 +26,11 @@ from torch import Tensor, nn
 
 from ..ops.tracing import is_tracing
 from .compose import compose_any_kernel, doconv_identity, weight_for_kernel
-from .doconv import (D_MUL_ALIASES, D_MUL_RULES, DOConvLayer,
-                     IncompatibleCheckpointError, check_d_init,
-                     check_recompute_kernel)
+from .doconv import (DOConvLayer, IncompatibleCheckpointError,
+                     check_d_init, check_recompute_kernel, resolve_d_mul_nd)
 from .recomposing_conv import RecomposingConvNd
 
-#: Per-extent form of each rule of :data:`D_MUL_RULES` (the product over
-#: the kernel's extents; in 2-D exactly the rules' values).
-_EXTENT_RULES = {
-    'MxN': lambda k: k,
-    'M+2xN+2': lambda k: k + 2,
-    '2Mx2N': lambda k: 2 * k,
-}
-assert set(_EXTENT_RULES) == set(D_MUL_RULES)
 _SIZE = Union[int, Tuple[int, ...]]
-
-
-def resolve_d_mul_nd(d_mul: Union[None, int, str],
-                     kernel_size: Sequence[int]) -> int:
-    """:func:`~mmdoconv.cnn.doconv.resolve_d_mul` for a kernel of any
-    dimension: a rule applies to every extent (``'M+2xN+2'`` of a 3x3x3
-    kernel is 5*5*5), an int must be at least the kernel's volume ``K``.
-
-    Raises:
-        TypeError: If ``d_mul`` is neither None, an int nor a rule name.
-        ValueError: If ``d_mul < K`` or the rule name is unknown.
-    """
-    kernel_numel = math.prod(kernel_size)
-    if d_mul is None:
-        return kernel_numel
-    if isinstance(d_mul, str):
-        rule = D_MUL_ALIASES.get(d_mul, d_mul)
-        if rule not in _EXTENT_RULES:
-            raise ValueError(f'D_mul rule must be one of '
-                             f'{sorted(D_MUL_RULES)} (or the paper\'s '
-                             f'{sorted(D_MUL_ALIASES)}), but got {d_mul!r}')
-        return math.prod(_EXTENT_RULES[rule](k) for k in kernel_size)
-    if not isinstance(d_mul, numbers.Integral) or isinstance(d_mul, bool):
-        raise TypeError(f'D_mul must be an int or a rule name, but got '
-                        f'{d_mul!r} of type {type(d_mul).__name__}')
-    if d_mul < kernel_numel:
-        raise ValueError(
-            f'D_mul must be >= K = {kernel_numel} (the kernel\'s positions, '
-            f'{"x".join(map(str, kernel_size))}), but got {d_mul}')
-    return int(d_mul)
 
 
 def compose_any_weight(weight: Tensor, d_minus_identity: Tensor,
