@@ -347,6 +347,8 @@ def test_synthetic_data_never_touches_real_data(run_cli, tmp_path):
      ['mmfoo', "['mmdet', 'mmpose', 'mmpretrain', 'mmseg']"]),
     ('analysis_tools/doconv_census.py', ['{config}', '--out', '{config}'],
      ['exists; pass --overwrite']),
+    ('analysis_tools/doconv_census.py', ['{config}', '--max-d-params', '-5'],
+     ['--max-d-params must be an int >= 0', 'got -5']),
 ])
 def test_command_line_bad_input_is_one_line(tool, args, phrases, run_cli,
                                             tmp_path):

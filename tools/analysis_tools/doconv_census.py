@@ -23,7 +23,8 @@ import warnings
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 sys.path.insert(0, ROOT)  # the workshop lives beside tools/
 
-from mmdoconv.utils.cli import cli_main, require_new_output  # noqa: E402
+from mmdoconv.utils.cli import (BadInputError, cli_main,  # noqa: E402
+                                require_new_output)
 from workshop.census import (as_json, census_of, markdown_table,  # noqa: E402
                              resolve_configs, short_name)
 
@@ -44,6 +45,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--D-init', dest='D_init', default='identity',
                         choices=['identity', 'random'],
                         help="the switch's D_init")
+    parser.add_argument('--max-d-params', dest='max_d_params', type=int,
+                        help="the switch's max_d_params (default: the "
+                        "model's own parameter count or 2**24)")
     parser.add_argument('--seed', type=int, default=0)
     return parser.parse_args()
 
@@ -51,11 +55,16 @@ def parse_args() -> argparse.Namespace:
 @cli_main
 def main() -> None:
     args = parse_args()
+    if args.max_d_params is not None and args.max_d_params < 0:
+        raise BadInputError(f'--max-d-params must be an int >= 0, but got '
+                            f'{args.max_d_params}')
     for path in (args.out, args.markdown):
         if path:
             require_new_output(path, args.overwrite)
     configs = resolve_configs(args.configs)
     switch = dict(D_init=args.D_init)
+    if args.max_d_params is not None:
+        switch['max_d_params'] = args.max_d_params
     if args.D_mul is not None:
         switch['D_mul'] = int(args.D_mul) if args.D_mul.isdigit() \
             else args.D_mul
