@@ -314,3 +314,20 @@ def test_fx_symbolic_trace_records_the_composition(case):
     assert 'compose_any_weight' in graph.code
     with torch.no_grad():
         torch.testing.assert_close(graph(x), module(x))
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('kernel_shape', torch.tensor([3.0, 3.0]), 'integer tensor of 1 to 3'),
+    ('kernel_shape', torch.tensor([3, -3]), 'positive extents'),
+    ('kernel_shape', torch.tensor([10**6, 10**6]), 'inconsistent DO-Conv'),
+    ('kernel_shape', 'x' * 10, "got str 'xxxxxxxxxx'"),
+    ('transposed_kernel', torch.ones(5), 'one-element tensor'),
+    ('D', torch.ones(4, 9, 9, dtype=torch.float64), "D's dtype and device"),
+])
+def test_malformed_entries_are_refused_by_name(field, value, message):
+    """A crafted or damaged state dict gives one ValueError naming the key,
+    before anything is composed."""
+    state = dict(DOConvTranspose2d(4, 4, 3).state_dict())
+    state[field] = value
+    with pytest.raises(ValueError, match=message):
+        fold_state_dict(state)
