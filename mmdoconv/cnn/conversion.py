@@ -400,8 +400,8 @@ def convert_to_doconv(model: nn.Module,
             reason = UNSUPPORTED_KIND.format(type(child).__name__)
         elif kind not in wanted_kinds:
             reason = f'kind not converted ({kind})'
-        elif _hook_parametrization(child) is not None:
-            reason = _hook_parametrization(child)
+        elif (hooked := _hook_parametrization(child)) is not None:
+            reason = hooked
         elif _has_own_forward(child, kind):
             reason = f'own forward ({type(child).__name__})'
         elif includes and not _matches(name, includes):
@@ -415,12 +415,12 @@ def convert_to_doconv(model: nn.Module,
             d_mul = _resolve_d_mul(D_mul, child.kernel_size)
         except ValueError as error:
             raise ValueError(f'{name}: {error}') from None
-        if _parametrization_names(child) and d_mul != math.prod(
-                child.kernel_size):
+        parametrized = _parametrization_names(child)
+        if parametrized and d_mul != math.prod(child.kernel_size):
             # A D_mul > K layer's W has another shape than the tensors the
             # parametrization was made for.
             report.skipped[name] = (
-                f'parametrized weight ({_parametrization_names(child)}) '
+                f'parametrized weight ({parametrized}) '
                 f'with D_mul={d_mul} > {math.prod(child.kernel_size)}')
             continue
         report.converted.append(name)

@@ -218,6 +218,23 @@ class DOConvLayer:
         self._cached_kernel = self._cache_key = None
         return super().train(mode)
 
+    def _load_plain_or_doconv(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """The ``nn`` load, reading a missing D as D = I (plain checkpoints
+        load strictly) and not requiring the layout buffers, which only
+        restate the constructor's arguments."""
+        local_missing: list = []
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, local_missing, unexpected_keys,
+                                      error_msgs)
+        if prefix + 'D' in local_missing:
+            with torch.no_grad():  # in place, so the version counter moves
+                self.D.zero_()
+        missing_keys.extend(
+            key for key in local_missing
+            if key[len(prefix):] not in ('D', ) + self._LAYOUT_BUFFERS)
+
     def _fold_kwargs(self) -> dict:
         """Constructor arguments of :attr:`plain_base` beyond the channels
         and the kernel size."""
@@ -510,24 +527,14 @@ class DOConv2d(DOConvLayer, nn.Conv2d):
                 f'{prefix}kernel_hw: expected a tensor of 2 ints (M, N), but '
                 f'the checkpoint holds {type(loaded_hw).__name__} '
                 f'{loaded_hw!r:.60}')
-        local_missing: list = []
-        super()._load_from_state_dict(state_dict, prefix, local_metadata,
-                                      strict, local_missing, unexpected_keys,
-                                      error_msgs)
-        if prefix + 'D' in local_missing:
-            with torch.no_grad():  # in place, so the version counter moves
-                self.D.zero_()
-            local_missing.remove(prefix + 'D')
-        # kernel_hw only restates the constructor's kernel_size.
-        if prefix + 'kernel_hw' in local_missing:
-            local_missing.remove(prefix + 'kernel_hw')
-        elif 'kernel_hw' in self._buffers and prefix + 'kernel_hw' in state_dict:
+        self._load_plain_or_doconv(state_dict, prefix, local_metadata, strict,
+                                   missing_keys, unexpected_keys, error_msgs)
+        if 'kernel_hw' in self._buffers and prefix + 'kernel_hw' in state_dict:
             loaded = tuple(state_dict[prefix + 'kernel_hw'].tolist())
             if loaded != self.kernel_size:
                 error_msgs.append(
                     f'{prefix}kernel_hw: checkpoint kernel {loaded} does not '
                     f'match this layer\'s kernel_size {self.kernel_size}')
-        missing_keys.extend(local_missing)
 
     def _d_mismatch_hint(self, loaded_shape: Tuple[int, ...]) -> str:
         """What to do about a checkpoint D of another shape."""

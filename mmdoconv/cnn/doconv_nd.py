@@ -155,18 +155,8 @@ class _DOConvNd(DOConvLayer):
                 f'model with the checkpoint\'s D_mul, or fold the checkpoint '
                 '(tools/model_converters/fold_checkpoint.py) to start from '
                 "its W'")
-        local_missing: list = []
-        super()._load_from_state_dict(state_dict, prefix, local_metadata,
-                                      strict, local_missing, unexpected_keys,
-                                      error_msgs)
-        if prefix + 'D' in local_missing:
-            with torch.no_grad():  # in place, so the version counter moves
-                self.D.zero_()
-            local_missing.remove(prefix + 'D')
-        # The layout buffers only restate the constructor's arguments.
-        for name in ('kernel_shape', 'transposed_kernel'):
-            if prefix + name in local_missing:
-                local_missing.remove(prefix + name)
+        self._load_plain_or_doconv(state_dict, prefix, local_metadata, strict,
+                                   missing_keys, unexpected_keys, error_msgs)
         loaded_shape = state_dict.get(prefix + 'kernel_shape')
         if (self.D is not None and isinstance(loaded_shape, Tensor)
                 and tuple(loaded_shape.tolist()) != self.kernel_size):
@@ -174,7 +164,6 @@ class _DOConvNd(DOConvLayer):
                 f'{prefix}kernel_shape: checkpoint kernel '
                 f'{tuple(loaded_shape.tolist())} does not match this '
                 f'layer\'s kernel_size {self.kernel_size}')
-        missing_keys.extend(local_missing)
 
 
 class _DOConvForward(_DOConvNd):
