@@ -23,7 +23,7 @@ def test_benchmark_tool_writes_json(tmp_path):
     fused = sections['8x6, fused composition']
     kept = sections["8x6, fused composition, W' kept"]
     pure = sections["8x6, pure-PyTorch composition, W' kept"]
-    assert 'RecomposingConv2dBackward' in fused
+    assert 'mmdoconv::RecomposingConv2d' in fused
     assert '_ComposeKernel' not in fused
     assert 'FusedComposeBackward' in kept and 'Recomposing' not in kept
     assert '_ComposeKernelBackward' in pure and 'FusedCompose' not in pure

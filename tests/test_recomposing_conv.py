@@ -3,8 +3,11 @@
 The recomposing path must give the forward and every gradient of the layer
 that keeps W' (and of the plain conv folded from it, for the input), with
 non-zero D, on every conv variant; and autograd must hold only the layer's
-own tensors, never a W'.
+own tensors, never a W'.  On CPU in float32/64 the layer runs the C++
+extension's autograd node; :func:`recompose_in_python` runs the Python
+``autograd.Function`` instead, and both are tested.
 """
+import contextlib
 import copy
 
 import pytest
@@ -13,7 +16,26 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmdoconv import DOConv2d
+from mmdoconv.cnn.recomposing_conv import recompose_in_python
 from mmdoconv.ops.fused_compose import force_backend
+
+CPP_NODE = 'torch::autograd::CppNode<mmdoconv::RecomposingConv2d>'
+PYTHON_NODE = 'RecomposingConv2dBackward'
+
+
+def _glue(name):
+    """The C++ node ('cpp', where it applies) or the Python function."""
+    return recompose_in_python() if name == 'python' else \
+        contextlib.nullcontext()
+
+
+def _count_compositions(function):
+    """How many times the C++ kernels compose W' while ``function`` runs
+    (the extension records each call for torch.profiler)."""
+    with torch.profiler.profile() as profile:
+        function()
+    return sum(event.name == 'mmdoconv::compose_forward'
+               for event in profile.events())
 
 VARIANTS = [
     dict(),
@@ -45,16 +67,21 @@ def _forward_backward(layer, x, grad):
     return out, x.grad
 
 
-@pytest.mark.parametrize('backend', [None, 'torch'])  # fused, pure PyTorch
+# The C++ node (fused kernels), the Python function with the fused kernels
+# and with the pure-PyTorch composition.
+@pytest.mark.parametrize('glue,backend,node', [('cpp', None, CPP_NODE),
+                                               ('python', None, PYTHON_NODE),
+                                               ('cpp', 'torch', PYTHON_NODE)])
 @pytest.mark.parametrize('options', VARIANTS)
-def test_same_forward_and_gradients_as_keeping_w(options, backend):
+def test_same_forward_and_gradients_as_keeping_w(options, glue, backend,
+                                                 node):
     recomposing, keeping = _layers(**options)
     x = torch.randn(2, 8, 11, 13)
     grad = torch.randn_like(keeping(x))
-    with force_backend(backend):
+    with force_backend(backend), _glue(glue):
         out, grad_x = _forward_backward(recomposing, x, grad)
         expected, expected_grad_x = _forward_backward(keeping, x, grad)
-    assert out.grad_fn.name() == 'RecomposingConv2dBackward'
+    assert out.grad_fn.name() == node
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(grad_x, expected_grad_x)
     for name in ('weight', 'D', 'bias'):
@@ -70,41 +97,60 @@ def test_same_forward_and_gradients_as_keeping_w(options, backend):
     torch.testing.assert_close(grad_x, plain_grad_x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('options', VARIANTS)
+def test_cpp_node_is_the_python_function_bit_for_bit(options, dtype):
+    """The C++ node runs the Python function's kernels in the same order:
+    forward and every gradient agree exactly, input gradient or not."""
+    results = []
+    for glue in ('cpp', 'python'):
+        layer, _ = _layers(**options)
+        layer.to(dtype)
+        x = torch.randn(2, 8, 11, 13, dtype=dtype,
+                        generator=torch.Generator().manual_seed(1))
+        with _glue(glue):
+            out = layer(x.clone().requires_grad_())
+            grad = torch.randn(out.shape, dtype=dtype,
+                               generator=torch.Generator().manual_seed(2))
+            out_frozen_input = layer(x)
+        assert out.grad_fn.name() == (CPP_NODE if glue == 'cpp'
+                                      else PYTHON_NODE)
+        out.backward(grad)
+        first = [p.grad.clone() for p in layer.parameters()]
+        layer.zero_grad()
+        out_frozen_input.backward(grad)
+        second = [p.grad for p in layer.parameters()]
+        results.append([out, *first, *second])
+    assert all(t.abs().sum() > 0 for t in results[0])
+    for mine, theirs in zip(*results):
+        assert torch.equal(mine, theirs)
+
+
+@pytest.mark.parametrize('glue', ['cpp', 'python'])
 @pytest.mark.parametrize('options', [dict(), dict(groups=4),
                                      dict(D_mul=20, bias=False)])
-def test_input_without_gradient_composes_once(options, monkeypatch):
+def test_input_without_gradient_composes_once(options, glue, monkeypatch):
     """A layer fed a tensor that needs no gradient (a stem, the first layer
     after a frozen stage) gets the W, D and bias gradients of the layer that
     keeps W', and its backward composes nothing: the forward's composition is
     the only one."""
-    import mmdoconv.cnn.recomposing_conv as recomposing_conv
     recomposing, keeping = _layers(**options)
     x = torch.randn(2, 8, 11, 13)
     grad = torch.randn_like(keeping(x))
-    calls = []
-    compose_rows = recomposing_conv.compose_rows
-
-    def counting_compose_rows(*args, **kwargs):
-        calls.append(args[0].shape)
-        return compose_rows(*args, **kwargs)
-
-    monkeypatch.setattr(recomposing_conv, 'compose_rows',
-                        counting_compose_rows)
-    out = recomposing(x)
-    assert len(calls) == 1  # the forward's composition
-    calls.clear()
-    out.backward(grad)
-    keeping(x).backward(grad)
-    expected = {name: getattr(keeping, name).grad
-                for name in ('weight', 'D', 'bias')
-                if getattr(keeping, name) is not None}
-    got = {name: getattr(recomposing, name).grad.clone() for name in expected}
-    assert len(calls) == 0
-    # the spy sees the backward's recomposition when there is one
-    out = recomposing(x.clone().requires_grad_())
-    calls.clear()
-    out.backward(grad)
-    assert len(calls) == 1
+    outputs = []
+    with _glue(glue):
+        forward = _count_compositions(lambda: outputs.append(recomposing(x)))
+        assert forward == 1
+        assert _count_compositions(lambda: outputs[-1].backward(grad)) == 0
+        keeping(x).backward(grad)
+        expected = {name: getattr(keeping, name).grad
+                    for name in ('weight', 'D', 'bias')
+                    if getattr(keeping, name) is not None}
+        got = {name: getattr(recomposing, name).grad.clone()
+               for name in expected}
+        # the count sees the backward's recomposition when there is one
+        outputs.append(recomposing(x.clone().requires_grad_()))
+        assert _count_compositions(lambda: outputs[-1].backward(grad)) == 1
     for name, grad_of_keeping in expected.items():
         assert got[name].abs().sum() > 0, name
         torch.testing.assert_close(got[name], grad_of_keeping, msg=name)
@@ -135,9 +181,12 @@ def test_autograd_keeps_no_composed_kernel(recompute_kernel):
     out.sum().backward()
 
 
-def test_gradcheck_and_double_backward_in_float64():
+@pytest.mark.parametrize('glue', ['cpp', 'python'])
+@pytest.mark.parametrize('options', [dict(groups=1), dict(groups=3),
+                                     dict(groups=1, D_mul=11, bias=False)])
+def test_gradcheck_and_double_backward_in_float64(options, glue):
     torch.manual_seed(0)
-    layer = DOConv2d(3, 4, 3, padding=1, groups=1).double()
+    layer = DOConv2d(3, 3, 3, padding=1, **options).double()
     with torch.no_grad():
         layer.D.normal_(0, 0.3)
     x = torch.randn(1, 3, 5, 5, dtype=torch.float64, requires_grad=True)
@@ -148,8 +197,11 @@ def test_gradcheck_and_double_backward_in_float64():
         return replica(x)
 
     inputs = (x, layer.weight, layer.D, layer.bias)
-    assert torch.autograd.gradcheck(forward, inputs)
-    assert torch.autograd.gradgradcheck(forward, inputs)
+    with _glue(glue):
+        assert forward(*inputs).grad_fn.name() == (
+            CPP_NODE if glue == 'cpp' else PYTHON_NODE)
+        assert torch.autograd.gradcheck(forward, inputs)
+        assert torch.autograd.gradgradcheck(forward, inputs)
 
 
 def test_asymmetric_same_padding_keeps_w():
@@ -185,7 +237,7 @@ def test_frozen_layer_still_passes_gradient_to_its_input():
     x = torch.randn(2, 8, 9, 9)
     grad = torch.randn(2, 16, 9, 9)
     out, grad_x = _forward_backward(recomposing, x, grad)
-    assert out.grad_fn.name() == 'RecomposingConv2dBackward'
+    assert out.grad_fn.name() == CPP_NODE
     torch.testing.assert_close(grad_x, _forward_backward(keeping, x, grad)[1])
 
 
@@ -246,7 +298,7 @@ def test_mmcv_efficient_conv_bn_eval_while_training():
     out = fused(x)
     assert seen == []  # the BN was folded into the conv's weight
     conv_node = out.grad_fn.next_functions[0][0]  # under the ReLU
-    assert conv_node.name() == 'RecomposingConv2dBackward'
+    assert conv_node.name() == CPP_NODE
     expected = unfused(x)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     out.sum().backward()
@@ -293,6 +345,7 @@ def test_recomposed_kernels_share_one_buffer_on_cpu(monkeypatch):
     thread) writes W' into one reused buffer, grown to the largest W'; the
     gradients stay those of the W'-keeping layers."""
     import mmdoconv.cnn.recomposing_conv as recomposing_conv
+    monkeypatch.setattr(recomposing_conv, '_python_only', True)
     small, small_keeping = _layers()  # W' (16, 8, 3, 3)
     large, large_keeping = _layers(groups=1, kernel_size=5, padding=2)
     x = torch.randn(2, 8, 9, 9, requires_grad=True)

@@ -14,6 +14,9 @@ variants are interleaved in one process
 the CUDA allocator's peak, or on CPU the resident-set high-water mark of a
 fresh process per variant running the same steps
 (``python -m workshop.benchmark_configs --peak-rss CONFIG VARIANT``).
+With ``python_glue`` a third variant, a copy of the DO-Conv model stepping
+under :func:`~mmdoconv.cnn.recomposing_conv.recompose_in_python`, times the
+Python ``autograd.Function`` that the C++ node replaces on CPU (time only).
 """
 import argparse
 import contextlib
@@ -34,6 +37,7 @@ from mmengine.registry import MODELS, DefaultScope
 from torch import nn
 
 from mmdoconv import convert_to_doconv
+from mmdoconv.cnn.recomposing_conv import recompose_in_python
 from mmdoconv.utils.cli import BadInputError, import_scope
 from mmdoconv.utils.compare import flatten_tensors
 
@@ -42,6 +46,8 @@ from .benchmark_layers import interleaved_medians, ratio_spread
 _ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 #: The variants a config is timed as.
 VARIANTS = ('plain', 'doconv')
+#: The optional variant: DO-Conv through the Python autograd.Function.
+PYTHON_GLUE = 'doconv_python'
 
 
 class UntimeableConfig(RuntimeError):
@@ -167,17 +173,33 @@ def peak_rss_mb(config_path: str, variant: str, steps: int, batch: int,
     return json.loads(result.stdout.strip().splitlines()[-1])['peak_rss_mb']
 
 
+def in_python_glue(step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` with every recomposing layer on the Python function."""
+    def python_glue_step() -> None:
+        with recompose_in_python():
+            step()
+
+    return python_glue_step
+
+
 def benchmark_config(name: str, repeats: int = 11, warmup: int = 2,
                      batch: int = 8, size: int = 224, device: str = 'cpu',
-                     rss_steps: int = 2, rss_runs: int = 1) -> Dict:
+                     rss_steps: int = 2, rss_runs: int = 1,
+                     python_glue: bool = False) -> Dict:
     """Train-step times (interleaved medians and per-round samples) and
-    peak memory of one config's plain and DO-Conv models."""
+    peak memory of one config's plain and DO-Conv models (and, with
+    ``python_glue``, the time of the DO-Conv model on the Python
+    function)."""
     config_path = resolve_config(name)
     device = torch.device(device)
     models, info = build_variants(config_path)
+    if python_glue:
+        models[PYTHON_GLUE] = copy.deepcopy(models['doconv'])
     inputs, labels = random_batch(batch, size, device)
     steps = {v: train_step(m.to(device), inputs, labels)
              for v, m in models.items()}
+    if python_glue:
+        steps[PYTHON_GLUE] = in_python_glue(steps[PYTHON_GLUE])
     try:
         steps['plain']()
     except Exception as error:  # noqa: BLE001 - reported in the row
@@ -205,7 +227,8 @@ def benchmark_config(name: str, repeats: int = 11, warmup: int = 2,
 
 def benchmark_configs(names: List[str], repeats: int = 11, batch: int = 8,
                       size: int = 224, device: str = 'cpu',
-                      rss_runs: int = 1) -> List[Dict]:
+                      rss_runs: int = 1,
+                      python_glue: bool = False) -> List[Dict]:
     """:func:`benchmark_config` of each config; a config whose model cannot
     be timed this way keeps its row, with the reason, and the others run."""
     results = []
@@ -215,7 +238,8 @@ def benchmark_configs(names: List[str], repeats: int = 11, batch: int = 8,
         try:
             results.append(benchmark_config(name, repeats, batch=batch,
                                             size=size, device=device,
-                                            rss_runs=rss_runs))
+                                            rss_runs=rss_runs,
+                                            python_glue=python_glue))
         except UntimeableConfig as error:
             print(f'  not timed: {error}', flush=True)
             results.append(dict(config=name, error=str(error)))
@@ -228,15 +252,18 @@ def _short_name(config: str) -> str:
 
 def config_table(results: List[Dict]) -> str:
     """Markdown: train-step ms, ratio with its per-round spread, the
-    parameters D adds and peak memory."""
+    parameters D adds and peak memory; where timed, the ratio of the DO-Conv
+    model on the Python function (and its spread)."""
+    glue = any(PYTHON_GLUE in r.get('train', {}) for r in results)
     lines = ['| config | layers converted | params: plain, D adds | train '
              'step: plain ms | DO-Conv ms | ratio | per-round spread | peak '
-             'memory MiB: plain, DO-Conv (ratio) |',
-             '|---|---|---|---|---|---|---|---|']
+             'memory MiB: plain, DO-Conv (ratio) |' +
+             (' Python glue: ratio (spread) |' if glue else ''),
+             '|---|---|---|---|---|---|---|---|' + ('---|' if glue else '')]
     for r in results:
         if r.get('error'):
             lines.append(f'| {_short_name(r["config"])} | not timed: '
-                         f'{r["error"]} | | | | | | |')
+                         f'{r["error"]} | | | | | | |' + (' |' if glue else ''))
             continue
         plain, doconv = r['train']['plain'], r['train']['doconv']
         low, high = ratio_spread(doconv, plain)
@@ -249,8 +276,19 @@ def config_table(results: List[Dict]) -> str:
             f'{r["params"] / 1e6:.1f} M, {r["added_params"] / 1e6:.2f} M | '
             f'{plain["seconds"] * 1e3:.0f} | {doconv["seconds"] * 1e3:.0f} | '
             f'{doconv["seconds"] / plain["seconds"]:.3f} | '
-            f'{low:.2f}-{high:.2f} | {peak} |')
+            f'{low:.2f}-{high:.2f} | {peak} |' + _glue_cell(r, glue))
     return '\n'.join(lines)
+
+
+def _glue_cell(result: Dict, glue: bool) -> str:
+    if not glue:
+        return ''
+    python, plain = (result['train'].get(v) for v in (PYTHON_GLUE, 'plain'))
+    if python is None:
+        return ' |'
+    low, high = ratio_spread(python, plain)
+    return (f' {python["seconds"] / plain["seconds"]:.3f} '
+            f'({low:.2f}-{high:.2f}) |')
 
 
 def _peak_rss_main(config_path: str, variant: str, steps: int, batch: int,

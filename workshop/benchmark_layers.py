@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from mmdoconv.cnn.doconv import DOConv2d
+from mmdoconv.cnn.recomposing_conv import recompose_in_python
 from mmdoconv.ops.extension import load_extension
 from mmdoconv.ops.fused_compose import force_backend, fused_backend
 from mmdoconv.utils.reference_converter import reference_kernel
@@ -232,7 +233,7 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
                     repeats: int = 10, warmup: int = 3,
                     device: str = 'cpu', amp: bool = False,
                     input_grad: bool = True, kernel: int = 3,
-                    groups: int = 1) -> LayerResult:
+                    groups: int = 1, python_glue: bool = False) -> LayerResult:
     """Train-step and eval-forward times of the layer variants.
 
     ``doconv`` composes with the fused kernel where one is available and
@@ -245,9 +246,14 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
     gradient too, as every layer of a network but the first does; without
     it the layer is a stem fed the image (the weight gradients only).
     ``kernel`` and ``groups`` as for ``nn.Conv2d`` (padding ``kernel // 2``).
+    With ``python_glue`` the train step is also timed as ``doconv_python``:
+    ``doconv`` on the Python ``autograd.Function`` that the C++ node
+    replaces on CPU (:func:`~mmdoconv.cnn.recomposing_conv.recompose_in_python`).
     """
     device = torch.device(device)
     layers = _layers(channels, device, kernel, groups)
+    if python_glue:
+        layers['doconv_python'] = copy.deepcopy(layers['doconv'])
     x = torch.randn(batch, channels, size, size, device=device,
                     requires_grad=input_grad)
     grad = torch.randn(batch, channels, size, size, device=device)
@@ -259,14 +265,15 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
         return torch.autocast(device.type, dtype=dtype) if amp \
             else contextlib.nullcontext()
 
-    def train_step(layer: nn.Module,
-                   backend: Optional[str] = None) -> Callable[[], None]:
+    def train_step(layer: nn.Module, backend: Optional[str] = None,
+                   python: bool = False) -> Callable[[], None]:
         layer.train()
 
         def step() -> None:
             layer.zero_grad(set_to_none=True)
             x.grad = None
-            with force_backend(backend):
+            with force_backend(backend), (recompose_in_python() if python
+                                          else contextlib.nullcontext()):
                 with autocast():
                     out = layer(x)
                 out.backward(grad)
@@ -283,14 +290,15 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
                          amp=str(dtype).replace('torch.', '') if amp
                          else None, input_grad=input_grad)
     result.train = interleaved_medians(
-        {n: train_step(l, 'torch' if n == 'doconv_torch' else None)
+        {n: train_step(l, 'torch' if n == 'doconv_torch' else None,
+                       python=n == 'doconv_python')
          for n, l in layers.items() if n != 'folded'},
         repeats, warmup, device)
     for layer in layers.values():
         layer.eval()
     result.eval = interleaved_medians(
         {n: eval_step(l) for n, l in layers.items()
-         if n not in ('doconv_torch', 'doconv_keep')},
+         if n not in ('doconv_torch', 'doconv_keep', 'doconv_python')},
         repeats, warmup, device)
     return result
 
@@ -345,14 +353,17 @@ def _layer_name(result: LayerResult) -> str:
 
 
 def layer_table(results: Sequence[LayerResult]) -> str:
-    """A markdown table: times in ms and ratios against nn.Conv2d."""
+    """A markdown table: times in ms and ratios against nn.Conv2d (and,
+    where timed, the Python glue's column after DO-Conv's)."""
+    glue = any('doconv_python' in r.train for r in results)
     lines = [
         '| C_in=C_out, map, kernel | train: conv ms | '
-        'DO-Conv (ratio, spread) | '
+        'DO-Conv (ratio, spread) | ' +
+        ('DO-Conv, Python glue (ratio, spread) | ' if glue else '') +
         "DO-Conv, W' kept (ratio) | DO-Conv, pure-PyTorch compose, W' kept "
         '(ratio) | anchor (ratio) | eval: conv ms | DO-Conv (ratio) | '
         'folded (ratio) | anchor (ratio) |',
-        '|---|---|---|---|---|---|---|---|---|---|'
+        '|---|---|---|---|---|---|---|---|---|---|' + ('---|' if glue else '')
     ]
 
     def cell(stage: Dict, name: str, spread: bool = False) -> str:
@@ -367,7 +378,9 @@ def layer_table(results: Sequence[LayerResult]) -> str:
         lines.append(
             f'| {_layer_name(r)} | '
             f'{r.train["conv"]["seconds"] * 1e3:.2f} | '
-            f'{cell(r.train, "doconv", spread=True)} | '
+            f'{cell(r.train, "doconv", spread=True)} | ' +
+            (f'{cell(r.train, "doconv_python", spread=True)} | '
+             if 'doconv_python' in r.train else ' | ' if glue else '') +
             f'{cell(r.train, "doconv_keep")} | '
             f'{cell(r.train, "doconv_torch")} | {cell(r.train, "anchor")} | '
             f'{r.eval["conv"]["seconds"] * 1e3:.2f} | '

@@ -15,7 +15,7 @@ from torch.nn.modules.utils import _pair
 
 from ..ops.tracing import is_capturing_graph, is_tracing
 from .compose import compose_kernel, doconv_identity, weight_for_kernel
-from .recomposing_conv import RecomposingConv2d
+from .recomposing_conv import recomposing_conv2d
 
 _size_2_t = Union[int, Tuple[int, int]]
 
@@ -486,10 +486,9 @@ class DOConv2d(DOConvLayer, nn.Conv2d):
         device_type = input.device.type
         autocast_dtype = (torch.get_autocast_dtype(device_type)
                           if torch.is_autocast_enabled(device_type) else None)
-        return RecomposingConv2d.apply(input, weight, self.D, self._identity,
-                                       bias, self.kernel_size, self.stride,
-                                       padding, self.dilation, self.groups,
-                                       autocast_dtype)
+        return recomposing_conv2d(input, weight, self.D, self._identity, bias,
+                                  self.kernel_size, self.stride, padding,
+                                  self.dilation, self.groups, autocast_dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata,
                               strict, missing_keys, unexpected_keys,

@@ -11,18 +11,26 @@ and ``D`` (which the layer holds anyway) and composes ``W'`` again in the
 backward: one more composition per layer and step, which costs time where
 the conv is cheap next to its kernel (small maps, many channels;
 docs/en/advanced_guides/performance.md has both).
+
+:func:`recomposing_conv2d` is the entry point: on CPU, in float32/64 without
+autocast, it runs the C++ extension's autograd node of the same function
+(one extension call per layer and pass instead of the Python glue of
+:class:`RecomposingConv2d`, which costs a network of many small layers
+several per cent of its step); everywhere else the Python function.
 """
 import contextlib
 import threading
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.extension import load_extension
 from ..ops.fused_compose import (compose_rows, compose_rows_backward,
                                  fused_backend)
-from .compose import compose_any_kernel, compose_kernel, fused_kernel_d
+from .compose import (compose_any_kernel, compose_kernel, fused_kernel_d,
+                      is_tiled_identity)
 
 
 _workspaces = threading.local()
@@ -61,6 +69,67 @@ def _lower_precision(tensor: Optional[Tensor],
             or tensor.dtype == torch.float64):
         return tensor
     return tensor.to(dtype)
+
+
+_python_only = False
+
+
+@contextlib.contextmanager
+def recompose_in_python() -> Iterator[None]:
+    """Inside the block every recomposing 2-D layer runs
+    :class:`RecomposingConv2d` (Python) even where the C++ node applies:
+    tests and benchmarks compare both in one process."""
+    global _python_only
+    previous, _python_only = _python_only, True
+    try:
+        yield
+    finally:
+        _python_only = previous
+
+
+def recomposing_conv2d(input: Tensor, weight: Tensor,
+                       d_minus_identity: Tensor, identity: Tensor,
+                       bias: Optional[Tensor], kernel_size: Tuple[int, int],
+                       stride: Sequence[int], padding: Sequence[int],
+                       dilation: Sequence[int], groups: int,
+                       autocast_dtype: Optional[torch.dtype]) -> Tensor:
+    """``conv2d(input, compose(W, D))`` that recomposes ``W'`` in backward.
+
+    Arguments as for :class:`RecomposingConv2d`.  Where the C++ node applies
+    (:func:`_cpp_node`) it runs instead: the same kernels, the same memory
+    reuse and the same results, bit for bit (``tests/test_recomposing_conv.py``
+    runs both), in one extension call per pass.
+    """
+    extension = _cpp_node(input, weight, d_minus_identity, identity, bias,
+                          autocast_dtype)
+    if extension is not None:
+        return extension.recomposing_conv2d(input, weight, d_minus_identity,
+                                            bias, kernel_size, stride,
+                                            padding, dilation, groups)
+    return RecomposingConv2d.apply(input, weight, d_minus_identity, identity,
+                                   bias, kernel_size, stride, padding,
+                                   dilation, groups, autocast_dtype)
+
+
+_NODE_DTYPES = (torch.float32, torch.float64)
+
+
+def _cpp_node(input: Tensor, weight: Tensor, d_minus_identity: Tensor,
+              identity: Tensor, bias: Optional[Tensor],
+              autocast_dtype: Optional[torch.dtype]):
+    """The extension module when its ``recomposing_conv2d`` node computes
+    this call (CPU tensors of one dtype, float32/64, no autocast, the tiled
+    identity, the C++ backend chosen), else None."""
+    dtype = weight.dtype
+    if (_python_only or autocast_dtype is not None
+            or dtype not in _NODE_DTYPES or input.dtype != dtype
+            or d_minus_identity.dtype != dtype
+            or (bias is not None and bias.dtype != dtype)
+            or input.device.type != 'cpu'
+            or fused_backend(weight, tracing_checked=True) != 'cpp'
+            or not is_tiled_identity(identity)):
+        return None
+    return load_extension()[0]
 
 
 class RecomposingConv2d(torch.autograd.Function):

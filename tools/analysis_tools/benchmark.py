@@ -81,6 +81,10 @@ def main() -> None:
                         help='batch of the config train steps')
     parser.add_argument('--model-size', type=int, default=224,
                         help='square input size of the config train steps')
+    parser.add_argument('--python-glue', action='store_true',
+                        help='also time DO-Conv layers and config models on '
+                        'the Python autograd.Function that the C++ node '
+                        'replaces on CPU (one more interleaved variant)')
     parser.add_argument('--rss-runs', type=int, default=1,
                         help='fresh processes per variant for the CPU peak '
                         'memory of each model (median)')
@@ -114,6 +118,10 @@ def main() -> None:
     # Checked before any work: a model-level run takes half an hour.
     require_new_output(args.out, args.overwrite)
     kinds, configs = split_models(args.models)
+    if args.python_glue and not (configs or args.shapes):
+        raise BadInputError('--python-glue times layers (--shapes) and config '
+                            'models (--models CONFIG or a .txt list), but '
+                            'neither was given')
     if configs and args.amp:
         raise BadInputError('--amp times the det/seg/cls models only; config '
                             'train steps run in fp32')
@@ -135,7 +143,8 @@ def main() -> None:
         layers.append(benchmark_layer(shape.channels, shape.size, args.batch,
                                       args.repeats, args.warmup, args.device,
                                       args.amp, args.input_grad,
-                                      shape.kernel, shape.groups))
+                                      shape.kernel, shape.groups,
+                                      args.python_glue))
     precision = ('AMP, ' + str(amp_dtype(torch.device(args.device))).replace(
         'torch.', '') + ' autocast') if args.amp else 'fp32'
     gradients = ('input and weight gradients' if args.input_grad else
@@ -170,7 +179,7 @@ def main() -> None:
         repeats = args.model_repeats or 11
         payload['configs'] = benchmark_configs(
             configs, repeats, args.model_batch, args.model_size, args.device,
-            args.rss_runs)
+            args.rss_runs, args.python_glue)
         print('\nConfigs, plain model against the switch\'s conversion '
               '(fp32, batch %d, %dx%d, forward in tensor mode + loss + '
               'backward + SGD step, median of %d interleaved rounds; spread '
