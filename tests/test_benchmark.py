@@ -189,8 +189,8 @@ def test_benchmark_times_any_config_and_a_list_of_them(tmp_path):
     out = tmp_path / 'configs.json'
     printed = run_tool('tools/analysis_tools/benchmark.py', '--shapes',
                        '--models', str(zoo), '--model-repeats', '2',
-                       '--model-batch', '2', '--model-size', '32', '--out',
-                       str(out)).stdout
+                       '--model-batch', '2', '--model-size', '32',
+                       '--python-glue', '--out', str(out)).stdout
     assert 'Layer level' not in printed
     from workshop.benchmark_configs import resolve_config
     model = build_model(Config.fromfile(resolve_config(config)))
@@ -203,9 +203,13 @@ def test_benchmark_times_any_config_and_a_list_of_them(tmp_path):
     for variant in ('plain', 'doconv'):
         assert len(row['train'][variant]['samples']) == 2
         assert row['train'][variant]['peak_mb'] > 100
+    # --python-glue: timed (not its memory), and a column of the table
+    assert len(row['train']['doconv_python']['samples']) == 2
+    assert 'Python glue: ratio (spread)' in printed
     line = [l for l in printed.splitlines()
             if l.startswith('| resnet18_8xb32_in1k |')]
     assert len(line) == 1 and '| 17 |' in line[0]
+    assert line[0].count('|') == 10  # nine cells
     assert f'{report.added_params / 1e6:.2f} M' in line[0]
 
 
@@ -273,3 +277,37 @@ def test_a_config_that_cannot_be_timed_keeps_its_row_and_the_run_goes_on(
     assert second['converted'] == 17 and 'error' not in second
     assert '| faster-rcnn_r50_fpn_1x_coco | not timed: ' in printed
     assert '| resnet18_8xb32_in1k | 17 |' in printed
+
+
+def test_python_glue_variant_times_the_python_function(tmp_path):
+    """``--python-glue``: one more interleaved variant, the same DO-Conv
+    layer on the Python ``autograd.Function`` (the C++ node everywhere
+    else), in the JSON and as a table column."""
+    from mmdoconv import DOConv2d
+    from workshop.benchmark_configs import in_python_glue
+    layer = DOConv2d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 5, 5, requires_grad=True)
+    nodes = []
+    in_python_glue(lambda: nodes.append(layer(x).grad_fn.name()))()
+    nodes.append(layer(x).grad_fn.name())
+    assert nodes == ['RecomposingConv2dBackward',
+                     'torch::autograd::CppNode<mmdoconv::RecomposingConv2d>']
+    out = tmp_path / 'glue.json'
+    printed = run_tool('tools/analysis_tools/benchmark.py', '--shapes',
+                       '12x6:dw', '--repeats', '2', '--warmup', '0',
+                       '--python-glue', '--out', str(out)).stdout
+    assert 'DO-Conv, Python glue (ratio, spread)' in printed
+    (layer_result, ) = json.loads(out.read_text())['layers']
+    assert len(layer_result['train']['doconv_python']['samples']) == 2
+    assert 'doconv_python' not in layer_result['eval']
+
+
+def test_python_glue_needs_something_to_time(tmp_path):
+    from runs import run_python
+    result = run_python('tools/analysis_tools/benchmark.py', '--shapes',
+                        '--python-glue', '--out', str(tmp_path / 'b.json'),
+                        check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        'error: --python-glue times layers (--shapes) and config models '
+        '(--models CONFIG or a .txt list), but neither was given')

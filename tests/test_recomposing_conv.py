@@ -37,6 +37,7 @@ def _count_compositions(function):
     return sum(event.name == 'mmdoconv::compose_forward'
                for event in profile.events())
 
+
 VARIANTS = [
     dict(),
     dict(groups=4),

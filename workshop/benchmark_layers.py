@@ -341,7 +341,7 @@ def profile_layer(channels: int, size: int, batch: int = 8,
         sort_by = 'self_cuda_time_total' if device.type == 'cuda' \
             else 'self_cpu_time_total'
         tables[name] = prof.key_averages().table(
-            sort_by=sort_by, row_limit=rows, max_name_column_width=32)
+            sort_by=sort_by, row_limit=rows, max_name_column_width=56)
     return tables
 
 
