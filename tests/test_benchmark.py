@@ -1,6 +1,7 @@
 """tools/analysis_tools/benchmark.py runs and writes valid JSON (timings are never asserted)."""
 import json
 
+import pytest
 import torch
 
 from mmdoconv.ops.extension import load_extension
@@ -190,7 +191,8 @@ def test_benchmark_times_any_config_and_a_list_of_them(tmp_path):
     printed = run_tool('tools/analysis_tools/benchmark.py', '--shapes',
                        '--models', str(zoo), '--model-repeats', '2',
                        '--model-batch', '2', '--model-size', '32',
-                       '--python-glue', '--out', str(out)).stdout
+                       '--python-glue', '--control', '--out',
+                       str(out)).stdout
     assert 'Layer level' not in printed
     from workshop.benchmark_configs import resolve_config
     model = build_model(Config.fromfile(resolve_config(config)))
@@ -203,13 +205,17 @@ def test_benchmark_times_any_config_and_a_list_of_them(tmp_path):
     for variant in ('plain', 'doconv'):
         assert len(row['train'][variant]['samples']) == 2
         assert row['train'][variant]['peak_mb'] > 100
-    # --python-glue: timed (not its memory), and a column of the table
-    assert len(row['train']['doconv_python']['samples']) == 2
-    assert 'Python glue: ratio (spread)' in printed
+    # --python-glue and --control: timed (not their memory), each a column
+    # of the table
+    for variant in ('doconv_python', 'plain_copy'):
+        assert len(row['train'][variant]['samples']) == 2
+        assert 'peak_mb_samples' not in row['train'][variant]
+    assert ('| Python glue: ratio (spread) | A/A control, plain copy: ratio '
+            '(spread) |') in printed
     line = [l for l in printed.splitlines()
             if l.startswith('| resnet18_8xb32_in1k |')]
     assert len(line) == 1 and '| 17 |' in line[0]
-    assert line[0].count('|') == 10  # nine cells
+    assert line[0].count('|') == 11  # ten cells
     assert f'{report.added_params / 1e6:.2f} M' in line[0]
 
 
@@ -302,12 +308,15 @@ def test_python_glue_variant_times_the_python_function(tmp_path):
     assert 'doconv_python' not in layer_result['eval']
 
 
-def test_python_glue_needs_something_to_time(tmp_path):
+@pytest.mark.parametrize('flag,message', [
+    ('--python-glue', 'error: --python-glue times layers (--shapes) and '
+     'config models (--models CONFIG or a .txt list), but neither was given'),
+    ('--control', "error: --control times a copy of each config's plain "
+     'model (--models CONFIG or a .txt list), but no config was given')])
+def test_optional_variants_need_something_to_time(flag, message, tmp_path):
     from runs import run_python
     result = run_python('tools/analysis_tools/benchmark.py', '--shapes',
-                        '--python-glue', '--out', str(tmp_path / 'b.json'),
-                        check=False)
+                        flag, '--out', str(tmp_path / 'b.json'), check=False)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        'error: --python-glue times layers (--shapes) and config models '
-        '(--models CONFIG or a .txt list), but neither was given')
+    assert result.stderr.strip().splitlines()[-1] == message
+    assert not (tmp_path / 'b.json').exists()

@@ -14,9 +14,13 @@ variants are interleaved in one process
 the CUDA allocator's peak, or on CPU the resident-set high-water mark of a
 fresh process per variant running the same steps
 (``python -m workshop.benchmark_configs --peak-rss CONFIG VARIANT``).
-With ``python_glue`` a third variant, a copy of the DO-Conv model stepping
+With ``python_glue`` one more variant, a copy of the DO-Conv model stepping
 under :func:`~mmdoconv.cnn.recomposing_conv.recompose_in_python`, times the
-Python ``autograd.Function`` that the C++ node replaces on CPU (time only).
+Python ``autograd.Function`` that the C++ node replaces on CPU; with
+``control`` a copy of the plain model is timed as if it were another variant
+(an A/A test: its ratio to the plain model is the instrument's own error in
+that run, which on a shared VM reaches several per cent).  Both are time
+only.
 """
 import argparse
 import contextlib
@@ -46,8 +50,12 @@ from .benchmark_layers import interleaved_medians, ratio_spread
 _ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 #: The variants a config is timed as.
 VARIANTS = ('plain', 'doconv')
-#: The optional variant: DO-Conv through the Python autograd.Function.
+#: The optional variants: DO-Conv through the Python autograd.Function,
+#: and a copy of the plain model (A/A control); with their table headers.
 PYTHON_GLUE = 'doconv_python'
+CONTROL = 'plain_copy'
+_EXTRA_HEADERS = {PYTHON_GLUE: 'Python glue: ratio (spread)',
+                  CONTROL: 'A/A control, plain copy: ratio (spread)'}
 
 
 class UntimeableConfig(RuntimeError):
@@ -185,16 +193,18 @@ def in_python_glue(step: Callable[[], None]) -> Callable[[], None]:
 def benchmark_config(name: str, repeats: int = 11, warmup: int = 2,
                      batch: int = 8, size: int = 224, device: str = 'cpu',
                      rss_steps: int = 2, rss_runs: int = 1,
-                     python_glue: bool = False) -> Dict:
+                     python_glue: bool = False,
+                     control: bool = False) -> Dict:
     """Train-step times (interleaved medians and per-round samples) and
-    peak memory of one config's plain and DO-Conv models (and, with
-    ``python_glue``, the time of the DO-Conv model on the Python
-    function)."""
+    peak memory of one config's plain and DO-Conv models (and the times of
+    the optional variants: ``python_glue``, ``control``)."""
     config_path = resolve_config(name)
     device = torch.device(device)
     models, info = build_variants(config_path)
     if python_glue:
         models[PYTHON_GLUE] = copy.deepcopy(models['doconv'])
+    if control:
+        models[CONTROL] = copy.deepcopy(models['plain'])
     inputs, labels = random_batch(batch, size, device)
     steps = {v: train_step(m.to(device), inputs, labels)
              for v, m in models.items()}
@@ -228,7 +238,8 @@ def benchmark_config(name: str, repeats: int = 11, warmup: int = 2,
 def benchmark_configs(names: List[str], repeats: int = 11, batch: int = 8,
                       size: int = 224, device: str = 'cpu',
                       rss_runs: int = 1,
-                      python_glue: bool = False) -> List[Dict]:
+                      python_glue: bool = False,
+                      control: bool = False) -> List[Dict]:
     """:func:`benchmark_config` of each config; a config whose model cannot
     be timed this way keeps its row, with the reason, and the others run."""
     results = []
@@ -239,7 +250,8 @@ def benchmark_configs(names: List[str], repeats: int = 11, batch: int = 8,
             results.append(benchmark_config(name, repeats, batch=batch,
                                             size=size, device=device,
                                             rss_runs=rss_runs,
-                                            python_glue=python_glue))
+                                            python_glue=python_glue,
+                                            control=control))
         except UntimeableConfig as error:
             print(f'  not timed: {error}', flush=True)
             results.append(dict(config=name, error=str(error)))
@@ -254,16 +266,17 @@ def config_table(results: List[Dict]) -> str:
     """Markdown: train-step ms, ratio with its per-round spread, the
     parameters D adds and peak memory; where timed, the ratio of the DO-Conv
     model on the Python function (and its spread)."""
-    glue = any(PYTHON_GLUE in r.get('train', {}) for r in results)
+    extras = [v for v in _EXTRA_HEADERS
+              if any(v in r.get('train', {}) for r in results)]
     lines = ['| config | layers converted | params: plain, D adds | train '
              'step: plain ms | DO-Conv ms | ratio | per-round spread | peak '
              'memory MiB: plain, DO-Conv (ratio) |' +
-             (' Python glue: ratio (spread) |' if glue else ''),
-             '|---|---|---|---|---|---|---|---|' + ('---|' if glue else '')]
+             ''.join(f' {_EXTRA_HEADERS[v]} |' for v in extras),
+             '|---|---|---|---|---|---|---|---|' + '---|' * len(extras)]
     for r in results:
         if r.get('error'):
             lines.append(f'| {_short_name(r["config"])} | not timed: '
-                         f'{r["error"]} | | | | | | |' + (' |' if glue else ''))
+                         f'{r["error"]} | | | | | | |' + ' |' * len(extras))
             continue
         plain, doconv = r['train']['plain'], r['train']['doconv']
         low, high = ratio_spread(doconv, plain)
@@ -276,18 +289,17 @@ def config_table(results: List[Dict]) -> str:
             f'{r["params"] / 1e6:.1f} M, {r["added_params"] / 1e6:.2f} M | '
             f'{plain["seconds"] * 1e3:.0f} | {doconv["seconds"] * 1e3:.0f} | '
             f'{doconv["seconds"] / plain["seconds"]:.3f} | '
-            f'{low:.2f}-{high:.2f} | {peak} |' + _glue_cell(r, glue))
+            f'{low:.2f}-{high:.2f} | {peak} |' +
+            ''.join(_ratio_cell(r, v) for v in extras))
     return '\n'.join(lines)
 
 
-def _glue_cell(result: Dict, glue: bool) -> str:
-    if not glue:
-        return ''
-    python, plain = (result['train'].get(v) for v in (PYTHON_GLUE, 'plain'))
-    if python is None:
+def _ratio_cell(result: Dict, variant: str) -> str:
+    timed, plain = (result['train'].get(v) for v in (variant, 'plain'))
+    if timed is None:
         return ' |'
-    low, high = ratio_spread(python, plain)
-    return (f' {python["seconds"] / plain["seconds"]:.3f} '
+    low, high = ratio_spread(timed, plain)
+    return (f' {timed["seconds"] / plain["seconds"]:.3f} '
             f'({low:.2f}-{high:.2f}) |')
 
 

@@ -85,6 +85,10 @@ def main() -> None:
                         help='also time DO-Conv layers and config models on '
                         'the Python autograd.Function that the C++ node '
                         'replaces on CPU (one more interleaved variant)')
+    parser.add_argument('--control', action='store_true',
+                        help='configs: also time a copy of the plain model '
+                        'as one more variant (A/A test: its ratio to the '
+                        'plain model is this run\'s own error)')
     parser.add_argument('--rss-runs', type=int, default=1,
                         help='fresh processes per variant for the CPU peak '
                         'memory of each model (median)')
@@ -122,6 +126,10 @@ def main() -> None:
         raise BadInputError('--python-glue times layers (--shapes) and config '
                             'models (--models CONFIG or a .txt list), but '
                             'neither was given')
+    if args.control and not configs:
+        raise BadInputError('--control times a copy of each config\'s plain '
+                            'model (--models CONFIG or a .txt list), but no '
+                            'config was given')
     if configs and args.amp:
         raise BadInputError('--amp times the det/seg/cls models only; config '
                             'train steps run in fp32')
@@ -179,7 +187,7 @@ def main() -> None:
         repeats = args.model_repeats or 11
         payload['configs'] = benchmark_configs(
             configs, repeats, args.model_batch, args.model_size, args.device,
-            args.rss_runs, args.python_glue)
+            args.rss_runs, args.python_glue, args.control)
         print('\nConfigs, plain model against the switch\'s conversion '
               '(fp32, batch %d, %dx%d, forward in tensor mode + loss + '
               'backward + SGD step, median of %d interleaved rounds; spread '
