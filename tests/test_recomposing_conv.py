@@ -98,21 +98,28 @@ def test_same_forward_and_gradients_as_keeping_w(options, glue, backend,
     torch.testing.assert_close(grad_x, plain_grad_x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('memory_format',
+                         [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('options', VARIANTS)
-def test_cpp_node_is_the_python_function_bit_for_bit(options, dtype):
+def test_cpp_node_is_the_python_function_bit_for_bit(options, dtype,
+                                                     memory_format):
     """The C++ node runs the Python function's kernels in the same order:
-    forward and every gradient agree exactly, input gradient or not."""
+    forward and every gradient (input, W, D, bias) agree exactly, input
+    gradient or not, for NCHW and channels-last activations."""
     results = []
     for glue in ('cpp', 'python'):
         layer, _ = _layers(**options)
         layer.to(dtype)
         x = torch.randn(2, 8, 11, 13, dtype=dtype,
                         generator=torch.Generator().manual_seed(1))
+        x = x.to(memory_format=memory_format)
+        x_with_grad = x.clone().requires_grad_()
         with _glue(glue):
-            out = layer(x.clone().requires_grad_())
+            out = layer(x_with_grad)
             grad = torch.randn(out.shape, dtype=dtype,
                                generator=torch.Generator().manual_seed(2))
+            grad = grad.to(memory_format=memory_format)
             out_frozen_input = layer(x)
         assert out.grad_fn.name() == (CPP_NODE if glue == 'cpp'
                                       else PYTHON_NODE)
@@ -121,7 +128,7 @@ def test_cpp_node_is_the_python_function_bit_for_bit(options, dtype):
         layer.zero_grad()
         out_frozen_input.backward(grad)
         second = [p.grad for p in layer.parameters()]
-        results.append([out, *first, *second])
+        results.append([out, x_with_grad.grad, *first, *second])
     assert all(t.abs().sum() > 0 for t in results[0])
     for mine, theirs in zip(*results):
         assert torch.equal(mine, theirs)

@@ -1155,7 +1155,7 @@ struct RecomposingConv2d : public torch::autograd::Function<RecomposingConv2d> {
     }
     at::Tensor grad_kernel;
     std::tie(grad_input, grad_kernel, grad_bias) = at::convolution_backward(
-        grad_outputs[0].contiguous(), input, kernel,
+        grad_outputs[0], input, kernel,
         bias.defined() ? c10::OptionalIntArrayRef(bias.sizes()) : c10::OptionalIntArrayRef(),
         a.stride, a.padding, a.dilation, false, {0, 0}, a.groups,
         {need_input, need_kernel, need_bias});
