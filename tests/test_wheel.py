@@ -29,7 +29,9 @@ with torch.no_grad():
     layer.D.normal_(0, 0.1)
 optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
 before = layer.D.detach().clone()
-loss = layer(torch.randn(2, 8, 16, 16)).square().mean()
+out = layer(torch.randn(2, 8, 16, 16))
+print('node:', out.grad_fn.name())
+loss = out.square().mean()
 loss.backward()
 optimizer.step()
 assert not torch.equal(layer.D, before)
@@ -104,6 +106,9 @@ def test_installed_wheel_trains_with_the_cpp_composition(installed,
     output = _train(installed[2], tmp_path)
     assert 'backend: cpp' in output
     assert 'DO-Conv composition on cpu: fused (cpp)' in output
+    # the training step is the extension's autograd node
+    assert 'node: torch::autograd::CppNode<mmdoconv::RecomposingConv2d>' \
+        in output
 
 
 def test_installed_wheel_without_a_build_falls_back_in_one_line(installed,
@@ -111,6 +116,7 @@ def test_installed_wheel_without_a_build_falls_back_in_one_line(installed,
     output = _train(installed[2], tmp_path,
                     MMDOCONV_EXT_CACHE=str(tmp_path / 'empty'))
     assert 'backend: None' in output
+    assert 'node: RecomposingConv2dBackward' in output  # the Python one
     lines = [l for l in output.splitlines() if 'DO-Conv composition' in l]
     assert len(lines) == 1 and 'pure PyTorch (the C++ extension is not ' \
         'built' in lines[0], output
