@@ -290,7 +290,7 @@ def test_python_glue_variant_times_the_python_function(tmp_path):
     layer on the Python ``autograd.Function`` (the C++ node everywhere
     else), in the JSON and as a table column."""
     from mmdoconv import DOConv2d
-    from workshop.benchmark_configs import in_python_glue
+    from workshop.benchmark_layers import in_python_glue
     layer = DOConv2d(4, 4, 3, padding=1)
     x = torch.randn(1, 4, 5, 5, requires_grad=True)
     nodes = []

@@ -41,11 +41,11 @@ from mmengine.registry import MODELS, DefaultScope
 from torch import nn
 
 from mmdoconv import convert_to_doconv
-from mmdoconv.cnn.recomposing_conv import recompose_in_python
 from mmdoconv.utils.cli import BadInputError, import_scope
 from mmdoconv.utils.compare import flatten_tensors
 
-from .benchmark_layers import interleaved_medians, ratio_spread
+from .benchmark_layers import (in_python_glue, interleaved_medians,
+                               ratio_spread)
 
 _ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 #: The variants a config is timed as.
@@ -179,15 +179,6 @@ def peak_rss_mb(config_path: str, variant: str, steps: int, batch: int,
         raise RuntimeError(f'peak-RSS run of {config_path} ({variant}) '
                            'failed:\n' + result.stderr[-2000:])
     return json.loads(result.stdout.strip().splitlines()[-1])['peak_rss_mb']
-
-
-def in_python_glue(step: Callable[[], None]) -> Callable[[], None]:
-    """``step`` with every recomposing layer on the Python function."""
-    def python_glue_step() -> None:
-        with recompose_in_python():
-            step()
-
-    return python_glue_step
 
 
 def benchmark_config(name: str, repeats: int = 11, warmup: int = 2,

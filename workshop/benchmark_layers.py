@@ -223,6 +223,16 @@ def _layers(channels: int, device: torch.device, kernel: int = 3,
     return {name: layer.to(device) for name, layer in layers.items()}
 
 
+def in_python_glue(step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` with every recomposing layer on the Python function (what
+    ``--python-glue`` times beside the C++ node)."""
+    def python_glue_step() -> None:
+        with recompose_in_python():
+            step()
+
+    return python_glue_step
+
+
 def amp_dtype(device: torch.device) -> torch.dtype:
     """The autocast dtype of ``--amp``: fp16 on CUDA (mmengine's
     AmpOptimWrapper), bf16 on CPU (the tools' CPU AMP)."""
@@ -265,15 +275,14 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
         return torch.autocast(device.type, dtype=dtype) if amp \
             else contextlib.nullcontext()
 
-    def train_step(layer: nn.Module, backend: Optional[str] = None,
-                   python: bool = False) -> Callable[[], None]:
+    def train_step(layer: nn.Module,
+                   backend: Optional[str] = None) -> Callable[[], None]:
         layer.train()
 
         def step() -> None:
             layer.zero_grad(set_to_none=True)
             x.grad = None
-            with force_backend(backend), (recompose_in_python() if python
-                                          else contextlib.nullcontext()):
+            with force_backend(backend):
                 with autocast():
                     out = layer(x)
                 out.backward(grad)
@@ -289,11 +298,11 @@ def benchmark_layer(channels: int, size: int, batch: int = 8,
     result = LayerResult(channels, size, batch, kernel, groups,
                          amp=str(dtype).replace('torch.', '') if amp
                          else None, input_grad=input_grad)
-    result.train = interleaved_medians(
-        {n: train_step(l, 'torch' if n == 'doconv_torch' else None,
-                       python=n == 'doconv_python')
-         for n, l in layers.items() if n != 'folded'},
-        repeats, warmup, device)
+    steps = {n: train_step(l, 'torch' if n == 'doconv_torch' else None)
+             for n, l in layers.items() if n != 'folded'}
+    if python_glue:
+        steps['doconv_python'] = in_python_glue(steps['doconv_python'])
+    result.train = interleaved_medians(steps, repeats, warmup, device)
     for layer in layers.values():
         layer.eval()
     result.eval = interleaved_medians(

@@ -1108,7 +1108,7 @@ struct RecomposingConv2d : public torch::autograd::Function<RecomposingConv2d> {
     const at::Tensor bias = bias_in.has_value() ? *bias_in : at::Tensor();
     ctx->save_for_backward({input, weight, d_minus_identity, bias});
     const at::Tensor kernel = compose_kernel_into_memory(weight, d_minus_identity, kernel_size, groups);
-    return conv(input, kernel, bias, conv_args(ctx));
+    return conv(input, kernel, bias, {kernel_size, stride, padding, dilation, groups});
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
