@@ -1,5 +1,6 @@
 """tools/analysis_tools/benchmark.py runs and writes valid JSON (timings are never asserted)."""
 import json
+import time
 
 import pytest
 import torch
@@ -29,7 +30,8 @@ def test_benchmark_tool_writes_json(tmp_path):
     assert 'FusedComposeBackward' in kept and 'Recomposing' not in kept
     assert '_ComposeKernelBackward' in pure and 'FusedCompose' not in pure
     payload = json.loads(out.read_text())
-    assert set(payload) == {'machine', 'layers', 'models', 'configs'}
+    assert set(payload) == {'machine', 'layers', 'models', 'configs',
+                            'layer_times'}
     assert [(l['channels'], l['size']) for l in payload['layers']] == [
         (8, 6), (16, 5)]
     for layer in payload['layers']:
@@ -191,8 +193,8 @@ def test_benchmark_times_any_config_and_a_list_of_them(tmp_path):
     printed = run_tool('tools/analysis_tools/benchmark.py', '--shapes',
                        '--models', str(zoo), '--model-repeats', '2',
                        '--model-batch', '2', '--model-size', '32',
-                       '--python-glue', '--control', '--out',
-                       str(out)).stdout
+                       '--python-glue', '--control', '--layer-times',
+                       '--out', str(out)).stdout
     assert 'Layer level' not in printed
     from workshop.benchmark_configs import resolve_config
     model = build_model(Config.fromfile(resolve_config(config)))
@@ -217,6 +219,22 @@ def test_benchmark_times_any_config_and_a_list_of_them(tmp_path):
     assert len(line) == 1 and '| 17 |' in line[0]
     assert line[0].count('|') == 11  # ten cells
     assert f'{report.added_params / 1e6:.2f} M' in line[0]
+    # --layer-times: every converted layer timed in place, in both models,
+    # through its own nodes only (the C++ node in the DO-Conv model)
+    (times, ) = payload['layer_times']
+    assert [layer['name'] for layer in times['layers']] == report.converted
+    for layer in times['layers']:
+        assert layer['plain']['nodes'] == [
+            'ConvolutionBackward0', 'torch::autograd::AccumulateGrad']
+        assert layer['doconv']['nodes'] == [
+            'torch::autograd::AccumulateGrad'] * 2 + [
+                'torch::autograd::CppNode<mmdoconv::RecomposingConv2d>']
+        for variant in ('plain', 'doconv'):
+            assert len(layer[variant]['backward']) == 2
+            assert all(t > 0 for t in layer[variant]['backward'])
+    assert '| 3×3 Conv2d 512→512 | 3 |' in printed
+    assert '| **all converted layers** | 17 |' in printed
+    assert 'of which the converted layers' in printed
 
 
 def test_benchmark_refuses_a_missing_config_before_any_work(tmp_path):
@@ -312,7 +330,9 @@ def test_python_glue_variant_times_the_python_function(tmp_path):
     ('--python-glue', 'error: --python-glue times layers (--shapes) and '
      'config models (--models CONFIG or a .txt list), but neither was given'),
     ('--control', "error: --control times a copy of each config's plain "
-     'model (--models CONFIG or a .txt list), but no config was given')])
+     'model (--models CONFIG or a .txt list), but no config was given'),
+    ('--layer-times', 'error: --layer-times times the layers of configs '
+     '(--models CONFIG or a .txt list), but no config was given')])
 def test_optional_variants_need_something_to_time(flag, message, tmp_path):
     from runs import run_python
     result = run_python('tools/analysis_tools/benchmark.py', '--shapes',
@@ -320,3 +340,51 @@ def test_optional_variants_need_something_to_time(flag, message, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == message
     assert not (tmp_path / 'b.json').exists()
+
+
+class _SlowBackward(torch.autograd.Function):
+    """Identity that sleeps in both passes: a layer whose cost is known."""
+
+    @staticmethod
+    def forward(ctx, x):
+        time.sleep(0.01)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        time.sleep(0.03)
+        return grad
+
+
+class _Slow(torch.nn.Module):
+
+    def forward(self, x):
+        return _SlowBackward.apply(x)
+
+
+def test_layer_clock_times_each_layer_through_its_own_nodes_only():
+    """The backward of a layer is the nodes its forward recorded, up to its
+    input: the slow layer's 30 ms go to it and not to the layer after it
+    (whose graph reaches it through its input), and the network input's
+    ``AccumulateGrad`` belongs to no layer."""
+    from workshop.benchmark_layer_times import LayerClock
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), _Slow(),
+                                torch.nn.Conv2d(3, 2, 1))
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    clock = LayerClock(model, ['0', '1', '2'])
+    step = clock.step(lambda: model(x).sum().backward())
+    step()
+    step()
+    model(x)  # outside a timed step: nothing recorded
+    clock.remove()
+    assert len(clock.forward) == len(clock.backward) == 2
+    for forward, backward in zip(clock.forward, clock.backward):
+        assert forward['1'] >= 0.01 and backward['1'] >= 0.03
+        assert backward['0'] < 0.03 and backward['2'] < 0.03
+        assert min(backward.values()) > 0
+    assert clock.node_names['1'] == ['_SlowBackwardBackward']
+    for name in ('0', '2'):
+        assert clock.node_names[name] == [
+            'ConvolutionBackward0'] + ['torch::autograd::AccumulateGrad'] * 2
+    with pytest.raises(KeyError, match="no module named '3' in Sequential"):
+        LayerClock(model, ['3'])

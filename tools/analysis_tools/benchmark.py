@@ -7,6 +7,8 @@
     python tools/analysis_tools/benchmark.py --shapes --models \
         mmpretrain::convnext/convnext-tiny_32xb128_in1k.py workshop/benchmark_zoo.txt
     python tools/analysis_tools/benchmark.py --shapes 512x7 --profile  # + torch.profiler
+    python tools/analysis_tools/benchmark.py --shapes --models \
+        mmpretrain::regnet/regnetx-400mf_8xb128_in1k.py --layer-times  # + per layer
     python tools/analysis_tools/benchmark.py --amp                # fp16 (GPU) / bf16 (CPU) autocast
     python tools/analysis_tools/benchmark.py --no-input-grad      # layers as a stem (weight grads only)
 
@@ -89,6 +91,12 @@ def main() -> None:
                         help='configs: also time a copy of the plain model '
                         'as one more variant (A/A test: its ratio to the '
                         'plain model is this run\'s own error)')
+    parser.add_argument('--layer-times', action='store_true',
+                        help='configs: also time every converted layer in '
+                        'place (its forward and the backward of its own '
+                        'autograd nodes, inside the train step, plain and '
+                        'DO-Conv model interleaved) and say how much of the '
+                        'step\'s extra time they account for')
     parser.add_argument('--rss-runs', type=int, default=1,
                         help='fresh processes per variant for the CPU peak '
                         'memory of each model (median)')
@@ -130,6 +138,10 @@ def main() -> None:
         raise BadInputError('--control times a copy of each config\'s plain '
                             'model (--models CONFIG or a .txt list), but no '
                             'config was given')
+    if args.layer_times and not configs:
+        raise BadInputError('--layer-times times the layers of configs '
+                            '(--models CONFIG or a .txt list), but no config '
+                            'was given')
     if configs and args.amp:
         raise BadInputError('--amp times the det/seg/cls models only; config '
                             'train steps run in fp32')
@@ -173,7 +185,8 @@ def main() -> None:
                     ('doconv_torch', "pure-PyTorch composition, W' kept")):
                 print(f'\nProfile: DO-Conv train step, {shape}, {title} '
                       f'(10 steps):\n{tables[name]}')
-    payload = dict(machine=machine, layers=layers, models=[], configs=[])
+    payload = dict(machine=machine, layers=layers, models=[], configs=[],
+                   layer_times=[])
     if kinds:
         from workshop.benchmark_models import benchmark_models, model_table
         repeats = args.model_repeats or 5
@@ -196,6 +209,21 @@ def main() -> None:
                  'resident-set high-water mark of a fresh process per variant'
                  if args.device == 'cpu' else 'CUDA max allocated'))
         print(config_table(payload['configs']))
+    if args.layer_times:
+        from workshop.benchmark_layer_times import (layer_times_table,
+                                                    time_layers)
+        repeats = args.model_repeats or 11
+        timeable = [row['config'] for row in payload['configs']
+                    if not row.get('error')]
+        for index, config in enumerate(timeable, 1):
+            print(f'[layer times {index}/{len(timeable)}] {config} (batch '
+                  f'{args.model_batch}, {repeats} rounds)', flush=True)
+            result = time_layers(config, repeats, batch=args.model_batch,
+                                 size=args.model_size, device=args.device)
+            payload['layer_times'].append(result)
+            print(f'\nConverted layers of {config} in place (ms per train '
+                  f'step, median of {repeats} interleaved rounds):\n')
+            print(layer_times_table(result))
     write_json(args.out, payload)
     print(f'\nwrote {args.out}')
 
