@@ -194,6 +194,7 @@ def test_benchmark_times_any_config_and_a_list_of_them(tmp_path):
                        '--models', str(zoo), '--model-repeats', '2',
                        '--model-batch', '2', '--model-size', '32',
                        '--python-glue', '--control', '--layer-times',
+                       '--ws-reference',
                        '--out', str(out)).stdout
     assert 'Layer level' not in printed
     from workshop.benchmark_configs import resolve_config
@@ -209,15 +210,18 @@ def test_benchmark_times_any_config_and_a_list_of_them(tmp_path):
         assert row['train'][variant]['peak_mb'] > 100
     # --python-glue and --control: timed (not their memory), each a column
     # of the table
-    for variant in ('doconv_python', 'plain_copy'):
+    for variant in ('doconv_python', 'plain_copy', 'plain_ws'):
         assert len(row['train'][variant]['samples']) == 2
         assert 'peak_mb_samples' not in row['train'][variant]
     assert ('| Python glue: ratio (spread) | A/A control, plain copy: ratio '
-            '(spread) |') in printed
+            '(spread) | ConvWS reference: ratio (spread) |') in printed
+    # --ws-reference: every converted conv (all nn.Conv2d here) swapped
+    assert row['ws_swapped'] == 17
+    assert row['converted_names'] == report.converted
     line = [l for l in printed.splitlines()
             if l.startswith('| resnet18_8xb32_in1k |')]
     assert len(line) == 1 and '| 17 |' in line[0]
-    assert line[0].count('|') == 11  # ten cells
+    assert line[0].count('|') == 12  # eleven cells
     assert f'{report.added_params / 1e6:.2f} M' in line[0]
     # --layer-times: every converted layer timed in place, in both models,
     # through its own nodes only (the C++ node in the DO-Conv model)
@@ -331,8 +335,10 @@ def test_python_glue_variant_times_the_python_function(tmp_path):
      'config models (--models CONFIG or a .txt list), but neither was given'),
     ('--control', "error: --control times a copy of each config's plain "
      'model (--models CONFIG or a .txt list), but no config was given'),
-    ('--layer-times', 'error: --layer-times times the layers of configs '
-     '(--models CONFIG or a .txt list), but no config was given')])
+    ('--layer-times', 'error: --layer-times times config models (--models '
+     'CONFIG or a .txt list), but no config was given'),
+    ('--ws-reference', 'error: --ws-reference times config models (--models '
+     'CONFIG or a .txt list), but no config was given')])
 def test_optional_variants_need_something_to_time(flag, message, tmp_path):
     from runs import run_python
     result = run_python('tools/analysis_tools/benchmark.py', '--shapes',
@@ -388,3 +394,29 @@ def test_layer_clock_times_each_layer_through_its_own_nodes_only():
             'ConvolutionBackward0'] + ['torch::autograd::AccumulateGrad'] * 2
     with pytest.raises(KeyError, match="no module named '3' in Sequential"):
         LayerClock(model, ['3'])
+
+
+def test_ws_reference_swaps_the_converted_convs_for_mmcv_convws():
+    """The reference variant is mmcv's own ConvWS2d with the plain conv's
+    arguments and tensors, in place of exactly the convs named (others and
+    non-zero padding modes stay)."""
+    from mmcv.cnn import ConvWS2d
+
+    from workshop.benchmark_configs import with_weight_standardization
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False),
+        torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=2, dilation=2)),
+        torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode='reflect'),
+        torch.nn.Conv2d(4, 4, 1))
+    plain = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert with_weight_standardization(model, ['0', '1.0', '2']) == 2
+    first, second = model[0], model[1][0]
+    assert type(first) is ConvWS2d and type(second) is ConvWS2d
+    assert type(model[2]) is torch.nn.Conv2d  # reflect padding: left
+    assert type(model[3]) is torch.nn.Conv2d  # not named: left
+    assert (first.stride, first.padding, first.bias) == ((2, 2), (1, 1), None)
+    assert (second.groups, second.dilation) == (2, (2, 2))
+    assert torch.equal(first.weight, plain[0].weight)
+    assert torch.equal(second.bias, plain[1].bias)
+    x = torch.randn(1, 3, 13, 13)
+    assert model(x).shape == (1, 4, 3, 3)

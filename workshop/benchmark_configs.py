@@ -19,8 +19,12 @@ under :func:`~mmdoconv.cnn.recomposing_conv.recompose_in_python`, times the
 Python ``autograd.Function`` that the C++ node replaces on CPU; with
 ``control`` a copy of the plain model is timed as if it were another variant
 (an A/A test: its ratio to the plain model is the instrument's own error in
-that run, which on a shared VM reaches several per cent).  Both are time
-only.
+that run, which on a shared VM reaches several per cent); with
+``ws_reference`` a copy of the plain model whose convs (those the switch
+converts) are mmcv's ``ConvWS2d`` — weight standardization, the weight
+transform mmdet's gn+ws configs switch on in one line — prices a cheap
+reparameterization of the same kernels on the same machine.  All three are
+time only.
 """
 import argparse
 import contextlib
@@ -54,8 +58,10 @@ VARIANTS = ('plain', 'doconv')
 #: and a copy of the plain model (A/A control); with their table headers.
 PYTHON_GLUE = 'doconv_python'
 CONTROL = 'plain_copy'
+WS_REFERENCE = 'plain_ws'
 _EXTRA_HEADERS = {PYTHON_GLUE: 'Python glue: ratio (spread)',
-                  CONTROL: 'A/A control, plain copy: ratio (spread)'}
+                  CONTROL: 'A/A control, plain copy: ratio (spread)',
+                  WS_REFERENCE: 'ConvWS reference: ratio (spread)'}
 
 
 class UntimeableConfig(RuntimeError):
@@ -123,10 +129,33 @@ def build_variants(config_path: str, variants: Sequence[str] = VARIANTS,
         report = convert_to_doconv(doconv)
         models['doconv'] = doconv
         info.update(converted=len(report.converted),
+                    converted_names=report.converted,
                     added_params=report.added_params)
     if 'plain' in variants:
         models['plain'] = plain
     return {v: models[v] for v in variants}, info
+
+
+def with_weight_standardization(model: nn.Module, names: Sequence[str]
+                                ) -> int:
+    """Puts mmcv's ``ConvWS2d`` (same arguments and tensors) in place of
+    the ``nn.Conv2d`` modules named; returns how many.  A timing reference
+    only: weight standardization changes what the model computes."""
+    from mmcv.cnn import ConvWS2d
+    modules = dict(model.named_modules())
+    swapped = 0
+    for name in names:
+        conv = modules[name]
+        if type(conv) is not nn.Conv2d or conv.padding_mode != 'zeros':
+            continue
+        ws = ConvWS2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                      conv.stride, conv.padding, conv.dilation, conv.groups,
+                      conv.bias is not None)
+        ws.load_state_dict(conv.state_dict())
+        parent_name, _, child = name.rpartition('.')
+        setattr(modules[parent_name] if parent_name else model, child, ws)
+        swapped += 1
+    return swapped
 
 
 def tensor_loss(outputs, labels: torch.Tensor) -> torch.Tensor:
@@ -185,10 +214,12 @@ def benchmark_config(name: str, repeats: int = 11, warmup: int = 2,
                      batch: int = 8, size: int = 224, device: str = 'cpu',
                      rss_steps: int = 2, rss_runs: int = 1,
                      python_glue: bool = False,
-                     control: bool = False) -> Dict:
+                     control: bool = False,
+                     ws_reference: bool = False) -> Dict:
     """Train-step times (interleaved medians and per-round samples) and
     peak memory of one config's plain and DO-Conv models (and the times of
-    the optional variants: ``python_glue``, ``control``)."""
+    the optional variants: ``python_glue``, ``control``,
+    ``ws_reference``)."""
     config_path = resolve_config(name)
     device = torch.device(device)
     models, info = build_variants(config_path)
@@ -196,6 +227,10 @@ def benchmark_config(name: str, repeats: int = 11, warmup: int = 2,
         models[PYTHON_GLUE] = copy.deepcopy(models['doconv'])
     if control:
         models[CONTROL] = copy.deepcopy(models['plain'])
+    if ws_reference:
+        models[WS_REFERENCE] = copy.deepcopy(models['plain'])
+        info['ws_swapped'] = with_weight_standardization(
+            models[WS_REFERENCE], info['converted_names'])
     inputs, labels = random_batch(batch, size, device)
     steps = {v: train_step(m.to(device), inputs, labels)
              for v, m in models.items()}
@@ -230,7 +265,8 @@ def benchmark_configs(names: List[str], repeats: int = 11, batch: int = 8,
                       size: int = 224, device: str = 'cpu',
                       rss_runs: int = 1,
                       python_glue: bool = False,
-                      control: bool = False) -> List[Dict]:
+                      control: bool = False,
+                      ws_reference: bool = False) -> List[Dict]:
     """:func:`benchmark_config` of each config; a config whose model cannot
     be timed this way keeps its row, with the reason, and the others run."""
     results = []
@@ -242,7 +278,8 @@ def benchmark_configs(names: List[str], repeats: int = 11, batch: int = 8,
                                             size=size, device=device,
                                             rss_runs=rss_runs,
                                             python_glue=python_glue,
-                                            control=control))
+                                            control=control,
+                                            ws_reference=ws_reference))
         except UntimeableConfig as error:
             print(f'  not timed: {error}', flush=True)
             results.append(dict(config=name, error=str(error)))

@@ -198,8 +198,7 @@ def time_layers(config: str, repeats: int = 11, warmup: int = 2,
     """
     device = torch.device(device)
     models, info = build_variants(resolve_config(config))
-    names = [name for name, module in models['doconv'].named_modules()
-             if getattr(module, 'D', None) is not None]
+    names = info['converted_names']
     inputs, labels = random_batch(batch, size, device)
     clocks = {v: LayerClock(models[v].to(device), names, device)
               for v in VARIANTS}

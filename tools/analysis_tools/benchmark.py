@@ -91,6 +91,12 @@ def main() -> None:
                         help='configs: also time a copy of the plain model '
                         'as one more variant (A/A test: its ratio to the '
                         'plain model is this run\'s own error)')
+    parser.add_argument('--ws-reference', action='store_true',
+                        help='configs: also time the plain model with mmcv\'s '
+                        'ConvWS2d (weight standardization) in place of the '
+                        'convs the switch converts, as one more variant: '
+                        'what a cheap weight transform of the same kernels '
+                        'costs on this machine')
     parser.add_argument('--layer-times', action='store_true',
                         help='configs: also time every converted layer in '
                         'place (its forward and the backward of its own '
@@ -138,10 +144,11 @@ def main() -> None:
         raise BadInputError('--control times a copy of each config\'s plain '
                             'model (--models CONFIG or a .txt list), but no '
                             'config was given')
-    if args.layer_times and not configs:
-        raise BadInputError('--layer-times times the layers of configs '
-                            '(--models CONFIG or a .txt list), but no config '
-                            'was given')
+    for flag in ('layer_times', 'ws_reference'):
+        if getattr(args, flag) and not configs:
+            raise BadInputError(
+                f'--{flag.replace("_", "-")} times config models (--models '
+                'CONFIG or a .txt list), but no config was given')
     if configs and args.amp:
         raise BadInputError('--amp times the det/seg/cls models only; config '
                             'train steps run in fp32')
@@ -200,7 +207,7 @@ def main() -> None:
         repeats = args.model_repeats or 11
         payload['configs'] = benchmark_configs(
             configs, repeats, args.model_batch, args.model_size, args.device,
-            args.rss_runs, args.python_glue, args.control)
+            args.rss_runs, args.python_glue, args.control, args.ws_reference)
         print('\nConfigs, plain model against the switch\'s conversion '
               '(fp32, batch %d, %dx%d, forward in tensor mode + loss + '
               'backward + SGD step, median of %d interleaved rounds; spread '
