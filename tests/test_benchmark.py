@@ -420,3 +420,12 @@ def test_ws_reference_swaps_the_converted_convs_for_mmcv_convws():
     assert torch.equal(second.bias, plain[1].bias)
     x = torch.randn(1, 3, 13, 13)
     assert model(x).shape == (1, 4, 3, 3)
+    # a partial swap is named in the table's cell
+    from workshop.benchmark_configs import _ratio_cell
+    timed = dict(seconds=2.0, samples=[2.0])
+    result = dict(converted=3, ws_swapped=2,
+                  train=dict(plain=dict(seconds=1.0, samples=[1.0]),
+                             plain_ws=timed))
+    assert _ratio_cell(result, 'plain_ws') == ' 2.000 (2.00-2.00, 2 of 3 convs) |'
+    result['ws_swapped'] = 3
+    assert _ratio_cell(result, 'plain_ws') == ' 2.000 (2.00-2.00) |'

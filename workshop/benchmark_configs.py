@@ -327,8 +327,12 @@ def _ratio_cell(result: Dict, variant: str) -> str:
     if timed is None:
         return ' |'
     low, high = ratio_spread(timed, plain)
+    # ConvWS2d replaces plain 2-D convs only: say so where others were left.
+    part = ''
+    if variant == WS_REFERENCE and result['ws_swapped'] < result['converted']:
+        part = f', {result["ws_swapped"]} of {result["converted"]} convs'
     return (f' {timed["seconds"] / plain["seconds"]:.3f} '
-            f'({low:.2f}-{high:.2f}) |')
+            f'({low:.2f}-{high:.2f}{part}) |')
 
 
 def _peak_rss_main(config_path: str, variant: str, steps: int, batch: int,
