@@ -28,7 +28,7 @@ from torch.autograd.graph import Node, get_gradient_edge
 
 from .benchmark_configs import (build_variants, random_batch,
                                 resolve_config, train_step)
-from .benchmark_layers import _sync
+from .benchmark_layers import _sync, interleaved_medians
 
 #: The models a config's layers are timed in (its plain model and the
 #: switch's conversion of it).
@@ -191,7 +191,8 @@ def time_layers(config: str, repeats: int = 11, warmup: int = 2,
     a config's plain model and of its conversion (interleaved rounds).
 
     Returns:
-        ``dict(config, steps={variant: [seconds per round]},
+        ``dict(config, batch, size, converted,
+        steps={variant: [seconds per round]},
         layers=[dict(name, conv, plain=dict(forward, backward, nodes),
         doconv=...)])``: per-round seconds (the last ``repeats``) of every
         converted layer and the backward nodes timed for it.
@@ -204,17 +205,8 @@ def time_layers(config: str, repeats: int = 11, warmup: int = 2,
               for v in VARIANTS}
     steps = {v: clocks[v].step(train_step(models[v], inputs, labels))
              for v in VARIANTS}
-    step_seconds = {v: [] for v in VARIANTS}
     try:
-        for round_index in range(warmup + repeats):
-            order = VARIANTS if round_index % 2 == 0 else VARIANTS[::-1]
-            for variant in order:
-                _sync(device)
-                start = time.perf_counter()
-                steps[variant]()
-                _sync(device)
-                if round_index >= warmup:
-                    step_seconds[variant].append(time.perf_counter() - start)
+        train = interleaved_medians(steps, repeats, warmup, device)
     finally:
         for clock in clocks.values():
             clock.remove()
@@ -229,12 +221,14 @@ def time_layers(config: str, repeats: int = 11, warmup: int = 2,
                 nodes=clock.node_names.get(name, []))
         layers.append(row)
     return dict(config=config, batch=batch, size=size,
-                converted=info['converted'], steps=step_seconds,
+                converted=info['converted'],
+                steps={v: train[v]['samples'] for v in VARIANTS},
                 layers=layers)
 
 
 def describe_conv(conv: nn.Module) -> str:
-    """``3×3 conv 384→384, 24 groups, stride 2``: what a row stands for."""
+    """``3×3 Conv2d 384→384, 24 groups, stride 2``: what a row stands
+    for."""
     kernel = '×'.join(str(k) for k in conv.kernel_size)
     text = f'{kernel} {type(conv).__name__} {conv.in_channels}→' \
            f'{conv.out_channels}'
