@@ -26,28 +26,13 @@ import torch
 from torch import nn
 from torch.autograd.graph import Node, get_gradient_edge
 
-from .benchmark_configs import (build_variants, random_batch,
+from mmdoconv.utils.compare import flatten_tensors
+
+# The models a config's layers are timed in: its plain model and the
+# switch's conversion of it.
+from .benchmark_configs import (VARIANTS, build_variants, random_batch,
                                 resolve_config, train_step)
 from .benchmark_layers import _sync, interleaved_medians
-
-#: The models a config's layers are timed in (its plain model and the
-#: switch's conversion of it).
-VARIANTS = ('plain', 'doconv')
-
-
-def _tensors(values) -> List[torch.Tensor]:
-    """The tensors among a forward's arguments or outputs, nested ones
-    included."""
-    found, stack = [], [values]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, torch.Tensor):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            stack.extend(value)
-        elif isinstance(value, dict):
-            stack.extend(value.values())
-    return found
 
 
 def _edge_node(tensor: torch.Tensor) -> Optional[Node]:
@@ -146,7 +131,7 @@ class LayerClock:
                 return None
             _sync(self.device)
             self._open[name].append((time.perf_counter(),
-                                     _tensors((args, kwargs))))
+                                     flatten_tensors((args, kwargs))))
             return None
 
         return hook
@@ -159,7 +144,7 @@ class LayerClock:
             _sync(self.device)
             start, inputs = self._open[name].pop()
             self._current[0][name] += time.perf_counter() - start
-            nodes = own_nodes(_tensors(output), inputs)
+            nodes = own_nodes(flatten_tensors(output), inputs)
             self.node_names[name] = sorted(
                 self.node_names.get(name, []) + [n.name() for n in nodes])
             for node in nodes:
@@ -264,20 +249,19 @@ def layer_times_table(result: Dict) -> str:
              'backward: plain ms | DO-Conv ms | extra ms | extra per layer '
              'µs |', '|---|---|---|---|---|---|---|---|']
 
-    def add(label: str, count: str, rows: List[Dict]) -> float:
+    def add(label: str, rows: List[Dict]) -> float:
         cells = [median_ms(per_round_sum(rows, v, part))
                  for part in ('forward', 'backward') for v in VARIANTS]
         extra = cells[1] - cells[0] + cells[3] - cells[2]
         per_layer = f'{extra * 1e3 / len(rows):.0f}'
-        lines.append(f'| {label} | {count} | {cells[0]:.2f} | {cells[1]:.2f}'
+        lines.append(f'| {label} | {len(rows)} | {cells[0]:.2f} | {cells[1]:.2f}'
                      f' | {cells[2]:.2f} | {cells[3]:.2f} | {extra:+.2f} | '
                      f'{per_layer} |')
         return extra
 
     for conv, rows in groups.items():
-        add(conv, str(len(rows)), rows)
-    layer_extra = add('**all converted layers**', str(len(result['layers'])),
-                      result['layers'])
+        add(conv, rows)
+    layer_extra = add('**all converted layers**', result['layers'])
     steps = {v: median_ms(result['steps'][v]) for v in VARIANTS}
     step_extra = steps['doconv'] - steps['plain']
     lines.append(
